@@ -1,0 +1,5 @@
+import sys
+
+from diffem.cli import main
+
+sys.exit(main())

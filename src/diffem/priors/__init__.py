@@ -1,0 +1,33 @@
+"""Image priors: ``load_prior(name_or_path)`` returns a ``Prior``.
+
+Names: ``"gaussian"`` (exact analytic prior, for tests), ``"default"`` (the small natural-image
+UNet shipped with diffem). A path loads a guided-diffusion ADM checkpoint (.pt / .safetensors).
+"""
+from __future__ import annotations
+
+import os
+
+from diffem.priors.base import Prior
+
+PRIOR_NAMES = ("default", "gaussian")
+
+
+def load_prior(name_or_path, preset: str | None = None, device="cpu", **overrides) -> Prior:
+    if isinstance(name_or_path, Prior):
+        return name_or_path.to(device)
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise ValueError(f"prior: expected a name {PRIOR_NAMES}, a path or a Prior, got {type(name_or_path).__name__}")
+    name = str(name_or_path)
+    if name == "gaussian":
+        from diffem.priors.gaussian import GaussianPrior
+        return GaussianPrior(**overrides).to(device)
+    if name == "default":
+        from diffem.priors.default import load_default_prior
+        return load_default_prior(device=device, **overrides)
+    if os.path.exists(name):
+        from diffem.priors.adm import load_adm_prior
+        return load_adm_prior(name, preset=preset, device=device, **overrides)
+    raise ValueError(f"prior: unknown prior name or missing file {name!r} (names: {', '.join(PRIOR_NAMES)})")
+
+
+__all__ = ["Prior", "load_prior", "PRIOR_NAMES"]
