@@ -1,0 +1,75 @@
+"""Kernel-estimation and data-consistency metrics.
+
+* ``kernel_mse``: mean over the k×k pixels of (k̂ − k)², the paper's "kernel MSE".
+* ``kernel_mse_aligned``: the same after the best integer translation of k̂ (blind deconvolution
+  cannot tell a kernel from its translate: a shifted kernel with the oppositely shifted image explains
+  y equally well). Shifts are searched in [−s, s]² with s = ⌊k/4⌋ and are zero-padded, not circular.
+* ``reblur_error``: per-element mean((k̂ ⊛ x̂ − y)²) − σ² (the paper's L_reblur up to its
+  undetermined normalisation); ≈ 0 in expectation for the true image and kernel.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from diffem.metrics.full_reference import as_batch
+from diffem.physics import blur
+
+
+def _kernels(k_hat, k):
+    k_hat = torch.as_tensor(k_hat).double()
+    k = torch.as_tensor(k).double()
+    if k_hat.dim() == 2:
+        k_hat = k_hat[None]
+    if k.dim() == 2:
+        k = k[None]
+    if k_hat.shape[-2:] != k.shape[-2:]:
+        raise ValueError(f"kernel sizes differ: estimate {tuple(k_hat.shape[-2:])} vs true {tuple(k.shape[-2:])}")
+    return torch.broadcast_tensors(k_hat, k)
+
+
+def shift_zero(k: torch.Tensor, dr: int, dc: int) -> torch.Tensor:
+    """Translate (…, h, w) arrays by (dr, dc) pixels, filling with zeros (mass leaving the box is lost)."""
+    h, w = k.shape[-2:]
+    p = max(abs(dr), abs(dc))
+    if p == 0:
+        return k
+    padded = F.pad(k, (p, p, p, p))
+    return padded[..., p - dr : p - dr + h, p - dc : p - dc + w]
+
+
+def kernel_mse(k_hat: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per-pixel MSE between kernels (k,k) or (B,k,k); one value per kernel."""
+    k_hat, k = _kernels(k_hat, k)
+    return ((k_hat - k) ** 2).flatten(1).mean(1)
+
+
+def kernel_mse_aligned(k_hat: torch.Tensor, k: torch.Tensor, max_shift: int | None = None,
+                       return_shift: bool = False):
+    """Per-pixel kernel MSE minimised over integer zero-padded shifts of k̂ within ±max_shift
+    (default ⌊k/4⌋). With ``return_shift``, also returns the (B, 2) best (row, col) shifts."""
+    k_hat, k = _kernels(k_hat, k)
+    s = k.shape[-1] // 4 if max_shift is None else int(max_shift)
+    best = torch.full((k.shape[0],), float("inf"), dtype=torch.float64)
+    best_shift = torch.zeros(k.shape[0], 2, dtype=torch.long)
+    # Scan in order of |shift| so that ties keep the smallest translation (0 first).
+    shifts = sorted(((dr, dc) for dr in range(-s, s + 1) for dc in range(-s, s + 1)),
+                    key=lambda d: (abs(d[0]) + abs(d[1]), d))
+    for dr, dc in shifts:
+        err = ((shift_zero(k_hat, dr, dc) - k) ** 2).flatten(1).mean(1)
+        better = err < best
+        best = torch.where(better, err, best)
+        best_shift[better] = torch.tensor([dr, dc])
+    return (best, best_shift) if return_shift else best
+
+
+def reblur_error(x_hat: torch.Tensor, k_hat: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    """mean((k̂ ⊛ x̂ − y)²) − σ² per batch element, with the package's circular blur.
+
+    x_hat, y: (B,C,H,W) (or (C,H,W)); k_hat: (k,k) or (B,k,k); σ on the [0,1] scale.
+    """
+    x_hat, y = as_batch(x_hat, "x_hat").double(), as_batch(y, "y").double()
+    if x_hat.shape != y.shape:
+        raise ValueError(f"x_hat and y must have the same shape, got {tuple(x_hat.shape)} and {tuple(y.shape)}")
+    r = blur(x_hat, torch.as_tensor(k_hat).double()) - y
+    return (r**2).flatten(1).mean(1) - float(sigma) ** 2
