@@ -1,0 +1,268 @@
+"""``diffem deblur INPUT...`` (blind deblurring of photos) and ``diffem demo``."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from diffem.cli import CLIError
+
+METHODS = ("fast-em-pigdm", "fast-em-dps", "em-pigdm", "em-dps")
+FORMATS = ("png", "tif", "jpg")
+DEMO_INPUTS = ("real_cross_stitch.jpg", "synthetic_chelsea_blurred.png")
+EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
+
+
+def _outputs(stem: str, outdir: str, fmt: str, n_samples: int) -> dict:
+    o = {
+        "image": os.path.join(outdir, f"{stem}_deblurred.{fmt}"),
+        "kernel_png": os.path.join(outdir, f"{stem}_kernel.png"),
+        "kernel_npy": os.path.join(outdir, f"{stem}_kernel.npy"),
+        "figure": os.path.join(outdir, f"{stem}_figure.png"),
+        "report": os.path.join(outdir, f"{stem}_report.json"),
+    }
+    for i in range(n_samples):
+        o[f"sample_{i}"] = os.path.join(outdir, f"{stem}_sample{i}.{fmt}")
+    return o
+
+
+def _figure(path: str, blurry: np.ndarray, restored: np.ndarray, kernel: np.ndarray, title: str) -> None:
+    """blurry | restored | kernel, written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from diffem.realphoto.io import _atomic
+
+    H, W = blurry.shape[:2]
+    aspect = W / H
+    fig = Figure(figsize=(2 * 4 * aspect + 3, 4.4), dpi=110)
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(1, 3, width_ratios=[aspect, aspect, 0.7])
+    cmap = "gray" if blurry.shape[2] == 1 else None
+    for i, (img, name) in enumerate([(blurry, "blurry input"), (restored, "restored")]):
+        ax = fig.add_subplot(gs[0, i])
+        ax.imshow(np.clip(img[..., 0] if img.shape[2] == 1 else img, 0, 1), cmap=cmap, vmin=0, vmax=1,
+                  interpolation="lanczos" if max(H, W) > 1200 else "nearest")
+        ax.set_title(name)
+        ax.axis("off")
+    ax = fig.add_subplot(gs[0, 2])
+    ax.imshow(kernel / max(kernel.max(), 1e-12), cmap="magma", interpolation="nearest")
+    ax.set_title(f"kernel {kernel.shape[0]}×{kernel.shape[1]}")
+    ax.axis("off")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def _check_outputs_do_not_clobber(outputs: dict, protected: set) -> None:
+    for p in outputs.values():
+        if os.path.realpath(p) in protected:
+            raise ValueError(f"output {p!r} would overwrite an input file (choose another -o folder)")
+
+
+def _process_one(path: str, args, prior, sigma, protected: set, version: str) -> dict:
+    import diffem
+    from diffem.realphoto import deblur_photo, read_photo, write_photo
+    from diffem.realphoto.io import kernel_to_image, write_npy, write_text
+
+    stem = Path(path).stem
+    outputs = _outputs(stem, args.output, args.format, args.particles if args.save_samples else 0)
+    _check_outputs_do_not_clobber(outputs, protected)
+    photo = read_photo(path)
+    H, W = photo.pixels.shape[:2]
+    if min(H, W) < args.kernel_size:
+        raise ValueError(f"image {W}x{H} is smaller than the kernel size {args.kernel_size} (use a smaller --kernel-size)")
+    t0 = time.perf_counter()
+    res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
+                       n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
+                       progress=not args.quiet, window=args.window, restore=args.restore)
+    elapsed = time.perf_counter() - t0
+    restored = res.image.permute(1, 2, 0).numpy()
+    kernel = res.kernel.numpy().astype(np.float32)
+    written = []
+    try:
+        write_photo(outputs["image"], restored, photo.alpha, photo.bit_depth)
+        written.append(outputs["image"])
+        write_photo(outputs["kernel_png"], kernel_to_image(kernel))
+        written.append(outputs["kernel_png"])
+        write_npy(outputs["kernel_npy"], kernel)
+        written.append(outputs["kernel_npy"])
+        if args.save_samples and res.samples is not None:
+            for i in range(res.samples.shape[0]):
+                s = res.samples[i]
+                s = s.mean(0, keepdim=True) if photo.grayscale and s.shape[0] != 1 else s
+                write_photo(outputs[f"sample_{i}"], s.permute(1, 2, 0).numpy(), None, photo.bit_depth)
+                written.append(outputs[f"sample_{i}"])
+        title = (f"{Path(path).name}: {args.method}, σ={res.sigma * 255:.2f}/255"
+                 f"{' (estimated)' if res.sigma_estimated else ''}, {res.restore}")
+        _figure(outputs["figure"], photo.pixels, restored, kernel, title)
+        written.append(outputs["figure"])
+        report = {
+            "input": os.path.abspath(path), "size": [W, H], "channels": photo.pixels.shape[2],
+            "bit_depth": photo.bit_depth, "alpha": photo.alpha is not None,
+            "outputs": {k: os.path.abspath(v) for k, v in outputs.items() if v in written or k == "report"},
+            "parameters": {"method": args.method, "kernel_size": args.kernel_size, "particles": args.particles,
+                           "steps": res.info.get("steps", args.steps), "prior": str(args.prior),
+                           "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
+                           "window": args.window, "restore": res.restore, "kernel_prior": res.info.get("kernel_prior")},
+            "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
+            "kernel_window": list(res.window) if res.window else None,
+            "timings": {k: round(float(v), 4) for k, v in res.timings.items()}, "elapsed_s": round(elapsed, 3),
+            "diffem_version": version, "torch_version": diffem.api.torch.__version__,
+        }
+        write_text(outputs["report"], json.dumps(report, indent=2) + "\n")
+        written.append(outputs["report"])
+    except BaseException:
+        for p in written:  # nothing half-written: all outputs of this input or none
+            if os.path.exists(p):
+                os.remove(p)
+        raise
+    return {"input": path, "outputs": outputs, "sigma": res.sigma, "estimated": res.sigma_estimated, "time": elapsed}
+
+
+def _load_prior_or_fail(name: str, device, preset, fallback: bool):
+    import diffem
+    from diffem.priors import PRIOR_NAMES
+
+    if name not in PRIOR_NAMES and not os.path.exists(name):
+        raise CLIError(f"--prior: unknown prior {name!r} (names: {', '.join(PRIOR_NAMES)}, or a checkpoint path)")
+    dev = diffem.api.resolve_device(device)
+    try:
+        return diffem.api._load(name, dev, preset), name
+    except (ImportError, FileNotFoundError, OSError, KeyError) as e:
+        if name == "default" and fallback:
+            print(f"diffem: the default prior's weights are not available ({type(e).__name__}: {e}); "
+                  "falling back to the Gaussian prior (results will be much softer)", file=sys.stderr)
+            return diffem.api._load("gaussian", dev, None), "gaussian"
+        if name == "default":
+            raise CLIError(f"--prior default: the bundled prior could not be loaded ({e}); "
+                           "use --prior gaussian or --prior PATH") from None
+        raise CLIError(f"--prior {name!r}: could not be loaded ({e})") from None
+
+
+def _validate(args) -> float | str:
+    from diffem.realphoto import parse_sigma
+
+    if args.method not in METHODS:
+        raise CLIError(f"--method: unknown method {args.method!r} (choose from {', '.join(METHODS)})")
+    if args.format not in FORMATS:
+        raise CLIError(f"--format: expected one of {', '.join(FORMATS)}, got {args.format!r}")
+    for name in ("kernel_size", "particles", "window"):
+        if getattr(args, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')}: must be a positive integer")
+    if args.kernel_size < 3 or args.kernel_size % 2 == 0:
+        raise CLIError(f"--kernel-size: must be an odd integer ≥ 3, got {args.kernel_size}")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError("--steps: must be a positive integer")
+    if args.restore not in ("auto", "wiener", "diffusion"):
+        raise CLIError(f"--restore: expected auto, wiener or diffusion, got {args.restore!r}")
+    try:
+        sigma = parse_sigma(args.sigma)
+    except ValueError as e:
+        raise CLIError(f"--{e}") from None
+    try:
+        os.makedirs(args.output, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"-o/--output: cannot create output folder {args.output!r} ({e.strerror or e})") from None
+    if not os.access(args.output, os.W_OK | os.X_OK):
+        raise CLIError(f"-o/--output: output folder {args.output!r} is not writable")
+    try:  # os.access is not enough (root, read-only mounts): really try
+        import tempfile
+        with tempfile.NamedTemporaryFile(dir=args.output, prefix=".diffem-probe-"):
+            pass
+    except OSError as e:
+        raise CLIError(f"-o/--output: output folder {args.output!r} is not writable ({e.strerror or e})") from None
+    return sigma
+
+
+def run_deblur(args, fallback_prior: bool = False) -> int:
+    import diffem
+    from diffem.realphoto import expand_inputs
+
+    sigma = _validate(args)
+    files, problems = expand_inputs(args.inputs)
+    for _, msg in problems:
+        print(f"diffem {args.command}: error: {msg}", file=sys.stderr)
+    if not files:
+        if problems:
+            return 2
+        raise CLIError("no input image")
+    prior, prior_used = _load_prior_or_fail(args.prior, args.device, args.preset, fallback_prior)
+    args.prior = prior_used
+    protected = {os.path.realpath(f) for f in files}
+    failed = len(problems)
+    done = []
+    for i, path in enumerate(files):
+        if not args.quiet:
+            print(f"[{i + 1}/{len(files)}] {path}", file=sys.stderr)
+        try:
+            r = _process_one(path, args, prior, sigma, protected, diffem.__version__)
+        except Exception as e:  # noqa: BLE001 - report this input, go on with the others
+            failed += 1
+            print(f"diffem {args.command}: error: {path}: {e}", file=sys.stderr)
+            continue
+        done.append(r)
+        est = " (estimated)" if r["estimated"] else ""
+        print(f"{path} -> {r['outputs']['image']}  (kernel {r['outputs']['kernel_npy']}, figure "
+              f"{r['outputs']['figure']}; σ = {r['sigma'] * 255:.2f}/255{est}; {r['time']:.1f} s)")
+    if failed:
+        print(f"diffem {args.command}: {failed} input(s) failed, {len(done)} done", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int = 256) -> None:
+    p.add_argument("-o", "--output", default="deblurred", help="output folder (created if missing)")
+    p.add_argument("--sigma", default="auto", help="noise std on [0,1]: 'auto' (estimated), 0.02 or 5/255")
+    p.add_argument("--kernel-size", type=int, default=33, help="side of the estimated kernel (odd)")
+    p.add_argument("--method", default="fast-em-pigdm", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
+    p.add_argument("--steps", type=int, default=steps_default,
+                   help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")
+    p.add_argument("--prior", default="default", help="default | gaussian | PATH to a checkpoint")
+    p.add_argument("--preset", default=None, help="architecture preset for a checkpoint PATH")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=window_default,
+                   help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW region")
+    p.add_argument("--restore", default="auto",
+                   help="full-photo restoration for large photos: auto (= wiener) | wiener (fast) | diffusion (tiles)")
+    p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
+    p.add_argument("--save-samples", action="store_true", help="also write every posterior sample")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _demo(args) -> int:
+    examples = Path(args.examples)
+    if not examples.is_dir():
+        raise CLIError(f"examples folder {str(examples)!r} not found (run the demo from a clone of the repository)")
+    inputs = [str(examples / n) for n in DEMO_INPUTS if (examples / n).is_file()]
+    if not inputs:
+        raise CLIError(f"no example image in {str(examples)!r}")
+    args.inputs = inputs
+    t0 = time.perf_counter()
+    code = run_deblur(args, fallback_prior=True)
+    print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; outputs in {os.path.abspath(args.output)}/ "
+          "(*_figure.png shows blurry | restored | kernel)")
+    return code
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("deblur", help="blind deblurring of photos (kernel and σ estimated)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              description="Blind deblurring of photos. For each INPUT writes NAME_deblurred.png, "
+                              "NAME_kernel.png/.npy, NAME_figure.png and NAME_report.json to the output folder.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    _add_common(p, None)
+    p.set_defaults(func=run_deblur)
+
+    d = subparsers.add_parser("demo", help="deblur the bundled examples (what `make demo` runs)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("--examples", default=str(EXAMPLES_DIR), help="folder of example images")
+    _add_common(d, 50)
+    d.set_defaults(func=_demo, output="demo-output")

@@ -1,0 +1,14 @@
+"""Real photos: any size, real (non-circular) boundaries, unknown noise, 8/16-bit files.
+
+    from diffem.realphoto import read_photo, deblur_photo
+    photo = read_photo("blurry.jpg")
+    result = deblur_photo(photo.pixels, sigma="auto")      # result.image (C,H,W), result.kernel
+"""
+from diffem.realphoto.boundary import crop, pad_periodic
+from diffem.realphoto.io import Photo, expand_inputs, read_photo, write_photo
+from diffem.realphoto.noise import estimate_sigma
+from diffem.realphoto.pipeline import PhotoResult, deblur_photo, parse_sigma
+from diffem.realphoto.tiling import informative_window, map_tiles, wiener_deconv
+
+__all__ = ["Photo", "PhotoResult", "crop", "deblur_photo", "estimate_sigma", "expand_inputs", "informative_window",
+           "map_tiles", "pad_periodic", "parse_sigma", "read_photo", "wiener_deconv", "write_photo"]
