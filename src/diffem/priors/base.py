@@ -16,6 +16,9 @@ from diffem.schedule import linear_betas
 
 
 class Prior(nn.Module):
+    # Clip x̂0 to [-1, 1] (the authors' ``clip_denoised``); analytic priors switch it off.
+    clip_denoised = True
+
     def __init__(self, network: nn.Module, channels: int = 3, betas: np.ndarray | None = None,
                  name: str = "prior", autocast_bf16: bool = False):
         super().__init__()
@@ -48,11 +51,11 @@ class Prior(nn.Module):
             out = self.network(x_t, t)
         return out[:, : self.channels].float()
 
-    def x0(self, x_t: torch.Tensor, t: torch.Tensor, clip: bool = True) -> torch.Tensor:
+    def x0(self, x_t: torch.Tensor, t: torch.Tensor, clip: bool | None = None) -> torch.Tensor:
         """Eq. 12 (Tweedie): x̂0 = (x_t − √(1−ᾱ_t) ε_θ(x_t, t)) / √ᾱ_t, clipped to [-1, 1] as the authors do."""
         abar = self.abar[t].view(-1, 1, 1, 1)
         x0 = (x_t - (1 - abar).sqrt() * self.eps(x_t, t)) / abar.sqrt()
-        return x0.clamp(-1, 1) if clip else x0
+        return x0.clamp(-1, 1) if (self.clip_denoised if clip is None else clip) else x0
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
