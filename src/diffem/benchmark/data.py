@@ -1,0 +1,172 @@
+"""The degraded test set: images, crops, kernels and noise, all fixed by the seed.
+
+* Images: every .png/.jpg/.bmp/.tif of ``dataset`` in sorted order (first ``limit``), converted to RGB,
+  centre-cropped to ``crop``×``crop``.
+* Kernels, one per image (the same for every σ): ``motion:33`` / ``handshake:33`` / ``gaussian:25`` /
+  ``linear:33`` / ``mix:33`` draw from ``diffem.kernels`` generators with a seed derived from
+  (seed, image index) — so image i gets the same kernel whatever ``limit`` is; ``intensity`` etc. can be
+  passed as ``motion:33:intensity=0.5``. A kernel set — ``levin``/``levin09``, ``usrnet``, ``lai-uniform``
+  (looked up under ``kernel_root``), a folder of .npy files or one .npy — is used in turn (image i gets
+  kernel i mod n), zero-padded (centred) to the size of the largest kernel of the set.
+* Measurement: ``boundary="circular"``: y = k ⊛ x + σ n on the crop (the authors' protocol, circular
+  convolution, unclipped Gaussian noise). ``boundary="valid"``: the crop is taken (k−1) pixels larger and
+  y = valid(k ⊛ x) + σ n, so y has the crop size and its borders carry real (non-periodic) content; the
+  ground truth is the matching centre of the larger crop. Noise uses a generator seeded from
+  (seed, image index, σ).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from diffem.physics import blur, blur_valid
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+KERNEL_SETS = {  # name -> folder under kernel_root
+    "levin": "Levin09", "levin09": "Levin09", "usrnet": "USRNet_kernels12", "usrnet12": "USRNet_kernels12",
+    "lai-uniform": "Lai16_uniform", "lai": "Lai16_uniform",
+}
+
+
+def derive_seed(*parts) -> int:
+    """A 31-bit seed from integers (numpy SeedSequence: independent streams for different tuples)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def list_images(dataset: str, limit: int | None = None) -> list[str]:
+    if not os.path.isdir(dataset):
+        raise ValueError(f"dataset: not a folder: {dataset}")
+    files = sorted(f for f in os.listdir(dataset) if f.lower().endswith(IMAGE_EXTS))
+    if not files:
+        raise ValueError(f"dataset: no images in {dataset}")
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit: expected a positive integer, got {limit}")
+        files = files[:limit]
+    return [os.path.join(dataset, f) for f in files]
+
+
+def load_rgb(path: str) -> torch.Tensor:
+    """(3,H,W) float32 on [0,1] (grey and RGBA images are converted to RGB)."""
+    with Image.open(path) as im:
+        a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(a.transpose(2, 0, 1).copy())
+
+
+def center_crop(x: torch.Tensor, size: int | None, name: str = "image") -> torch.Tensor:
+    if not size:
+        return x
+    H, W = x.shape[-2:]
+    if H < size or W < size:
+        raise ValueError(f"crop: {name} is {H}x{W}, smaller than the crop {size}")
+    top, left = (H - size) // 2, (W - size) // 2
+    return x[..., top : top + size, left : left + size]
+
+
+def pad_kernel(k: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad a (h,w) kernel into (size,size) keeping its centre ⌊h/2⌋ at ⌊size/2⌋."""
+    h, w = k.shape
+    if h > size or w > size:
+        raise ValueError(f"kernel of size {h}x{w} does not fit in {size}x{size}")
+    out = np.zeros((size, size), dtype=np.float32)
+    r0, c0 = size // 2 - h // 2, size // 2 - w // 2
+    out[r0 : r0 + h, c0 : c0 + w] = k
+    return out
+
+
+class KernelSource:
+    """``kernel(i)`` -> (k,k) float32 tensor for image index i; ``size``; ``spec`` (text)."""
+
+    def __init__(self, spec: str, seed: int = 0, kernel_root: str | None = None):
+        self.spec, self.seed = spec, int(seed)
+        parts = spec.split(":")
+        self._set = None
+        self._gen = None
+        head = parts[0].lower()
+        if len(parts) >= 2 and parts[1].strip().isdigit():
+            from diffem.kernels.generators import GENERATORS, make_generator
+            from diffem.benchmark.specs import parse_value
+
+            if head not in GENERATORS:
+                raise ValueError(f"kernels: unknown generator {head!r} in {spec!r} (choose from {', '.join(GENERATORS)})")
+            self.size = int(parts[1])
+            params = {}
+            for tok in ":".join(parts[2:]).split(","):
+                if tok.strip():
+                    if "=" not in tok:
+                        raise ValueError(f"kernels: expected key=value, got {tok!r} in {spec!r}")
+                    k, v = tok.split("=", 1)
+                    params[k.strip()] = parse_value(v.strip())
+            self._gen = make_generator(head, self.size, seed=self.seed, **params)
+            return
+        # a kernel set: a known name, a folder of .npy, or one .npy file
+        path = spec
+        if head in KERNEL_SETS:
+            root = kernel_root or ""
+            path = os.path.join(root, KERNEL_SETS[head], "npy")
+            if not os.path.isdir(path):
+                try:  # the kernel engineer's loader, when present
+                    from diffem.kernels import load_kernel_set  # type: ignore
+
+                    ks = load_kernel_set(head)
+                    self._set = [np.asarray(k, dtype=np.float32) for k in ks]
+                except (ImportError, ValueError, FileNotFoundError, TypeError):
+                    raise ValueError(f"kernels: kernel set {spec!r} not found under {root!r} (--kernel-root)") from None
+        if self._set is None:
+            if os.path.isdir(path):
+                files = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
+                if not files:
+                    raise ValueError(f"kernels: no .npy kernels in {path}")
+                self._set = [np.load(os.path.join(path, f)).astype(np.float32) for f in files]
+            elif os.path.isfile(path) and path.endswith(".npy"):
+                a = np.load(path).astype(np.float32)
+                self._set = [a] if a.ndim == 2 else list(a)
+            else:
+                raise ValueError(f"kernels: {spec!r} is neither a generator spec (e.g. motion:33), a kernel set "
+                                 f"({', '.join(sorted(set(KERNEL_SETS)))}) nor a .npy file/folder")
+        for k in self._set:
+            if k.ndim != 2 or (k < 0).any() or not np.isfinite(k).all():
+                raise ValueError(f"kernels: {spec!r} holds a kernel that is not a finite non-negative 2-D array")
+        self.size = max(max(k.shape) for k in self._set)
+        self.size += 1 - self.size % 2  # odd, so that the centre ⌊k/2⌋ is the middle pixel
+        self._set = [pad_kernel(k / k.sum(), self.size) for k in self._set]
+
+    def kernel(self, i: int) -> torch.Tensor:
+        if self._gen is not None:
+            k = self._gen.step(1, seed=derive_seed(self.seed, i, 7919))[0]
+        else:
+            k = torch.from_numpy(self._set[i % len(self._set)])
+        k = k.float().clamp_min(0)
+        return k / k.sum()
+
+
+@dataclass
+class Item:
+    index: int          # image index in the (sorted) dataset
+    name: str           # image file stem
+    x: torch.Tensor     # (3,S,S) ground truth on [0,1]
+    kernel: torch.Tensor  # (k,k)
+
+
+def make_measurement(x_big: torch.Tensor, kernel: torch.Tensor, sigma: float, seed: int, boundary: str):
+    """(y, x_gt) for one image: see the module docstring. x_big: (3,H,W)."""
+    g = torch.Generator().manual_seed(int(seed))
+    x64 = x_big.double()[None]
+    k64 = kernel.double()
+    if boundary == "circular":
+        clean, gt = blur(x64, k64), x64
+    elif boundary == "valid":
+        K = kernel.shape[-1]
+        off = K - 1 - K // 2  # valid output pixel i sees x[i + off] through the kernel centre
+        clean = blur_valid(x64, k64)
+        S = clean.shape[-1]
+        gt = x64[..., off : off + clean.shape[-2], off : off + S]
+    else:
+        raise ValueError(f"boundary: expected 'circular' or 'valid', got {boundary!r}")
+    noise = torch.randn(clean.shape, generator=g, dtype=torch.float64)
+    y = clean + sigma * noise
+    return y[0].float(), gt[0].float()
