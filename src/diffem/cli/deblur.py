@@ -211,7 +211,8 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
         print(f"{path} -> {r['outputs']['image']}  (kernel {r['outputs']['kernel_npy']}, figure "
               f"{r['outputs']['figure']}; σ = {r['sigma'] * 255:.2f}/255{est}; {r['time']:.1f} s)")
     if failed:
-        print(f"diffem {args.command}: {failed} input(s) failed, {len(done)} done", file=sys.stderr)
+        if failed + len(done) > 1:
+            print(f"diffem {args.command}: {failed} input(s) failed, {len(done)} done", file=sys.stderr)
         return 1
     return 0
 

@@ -171,6 +171,9 @@ def _atomic(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -182,7 +185,7 @@ def _png16_bytes(a: np.ndarray) -> bytes:
     """A 16-bit PNG (Pillow cannot write 16-bit RGB). a: (H, W, C) uint16, C in 1..4."""
     H, W, C = a.shape
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[C]
-    rows = np.ascontiguousarray(a.astype(">u2")).reshape(H, W * C * 2).view(np.uint8)
+    rows = np.ascontiguousarray(a.astype(">u2")).view(np.uint8).reshape(H, W * C * 2)
     raw = np.concatenate([np.zeros((H, 1), np.uint8), rows], axis=1).tobytes()  # filter 0 per row
 
     def chunk(tag, data):

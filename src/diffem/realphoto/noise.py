@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-SIGMA_MIN = 0.5 / 255  # below this the estimate is quantisation noise; the samplers need σ > 0
+SIGMA_MIN = 1.0 / 255  # floor: 8-bit quantisation, JPEG and model errors; the samplers need σ > 0
 SIGMA_MAX = 0.3
 
 

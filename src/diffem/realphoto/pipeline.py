@@ -148,7 +148,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
         if mode == "wiener":
             fn = lambda tile_y: wiener_deconv(tile_y, kernel, sigma)  # noqa: E731
             image = map_tiles(y, fn, tile=max(tile, 4 * kernel_size), overlap=max(16, kernel_size),
-                              context=margin, multiple=1, progress=progress, desc="Wiener tiles")
+                              context=2 * kernel_size, multiple=1, progress=progress, desc="Wiener tiles")
         else:
             counter = iter(range(10**9))
 

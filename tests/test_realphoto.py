@@ -1,0 +1,198 @@
+"""diffem.realphoto: file formats, σ estimation, boundaries, tiling, the photo pipeline."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from diffem.physics import blur, blur_valid
+from diffem.realphoto import (crop, deblur_photo, estimate_sigma, informative_window, map_tiles, pad_periodic,
+                              parse_sigma, read_photo, wiener_deconv, write_photo)
+from diffem.realphoto.noise import sigma_mad, sigma_pca
+
+DATA = Path(__file__).parent / "data"
+
+
+def _photo():  # (1,3,96,96) float64 real photo crop (CBSD68)
+    a = np.asarray(Image.open(DATA / "photo_cbsd68_crop.png"))
+    return torch.tensor(a, dtype=torch.float64).permute(2, 0, 1)[None] / 255
+
+
+def _kernel():  # Levin et al. 2009 kernel 2, 17×17
+    return torch.tensor(np.load(DATA / "photo_levin09_k2.npy"), dtype=torch.float64)
+
+
+def _psnr(a, b):
+    return float(-10 * torch.log10(((a.clamp(0, 1) - b) ** 2).mean()))
+
+
+# ---------------------------------------------------------------------------------------- io
+
+def test_16bit_png_round_trip_is_exact_rgb_rgba_and_gray(tmp_path):
+    rng = np.random.default_rng(0)
+    for channels in (1, 3):
+        q = rng.integers(0, 65536, size=(9, 13, channels), dtype=np.uint16)
+        alpha = rng.integers(0, 65536, size=(9, 13), dtype=np.uint16) if channels == 3 else None
+        path = str(tmp_path / f"c{channels}.png")
+        write_photo(path, q / 65535.0, alpha, bit_depth=16)
+        photo = read_photo(path)
+        assert photo.bit_depth == 16 and photo.pixels.shape == (9, 13, channels)
+        np.testing.assert_array_equal(np.round(photo.pixels * 65535).astype(np.uint16), q)
+        if alpha is not None:
+            np.testing.assert_array_equal(photo.alpha, alpha)
+
+
+def test_16bit_tiff_is_read_exactly(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    q = np.random.default_rng(1).integers(0, 65536, size=(11, 7, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", q)
+    photo = read_photo(str(tmp_path / "a.tif"))
+    assert photo.bit_depth == 16
+    np.testing.assert_array_equal(np.round(photo.pixels * 65535).astype(np.uint16), q)
+
+
+def test_exif_orientation_matches_pil_exif_transpose(tmp_path):
+    a = np.random.default_rng(2).integers(0, 256, size=(5, 8, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.png"
+        Image.fromarray(a).save(path, exif=exif)
+        expected = np.asarray(ImageOps.exif_transpose(Image.open(path))).astype(np.float32) / 255
+        got = read_photo(str(path)).pixels
+        assert got.shape == expected.shape, orientation
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_greyscale_with_alpha_and_palette(tmp_path):
+    la = np.random.default_rng(3).integers(0, 256, size=(6, 5, 2), dtype=np.uint8)
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    p = read_photo(str(tmp_path / "la.png"))
+    assert p.grayscale and p.bit_depth == 8
+    np.testing.assert_array_equal(p.alpha, la[..., 1])
+    np.testing.assert_array_equal(np.round(p.pixels[..., 0] * 255), la[..., 0])
+    Image.fromarray(la[..., 0]).convert("P").save(tmp_path / "p.png")
+    assert read_photo(str(tmp_path / "p.png")).pixels.shape == (6, 5, 3)
+
+
+def test_bad_files_raise_value_error_naming_the_file(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    (tmp_path / "empty.png").write_bytes(b"")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8) + 100).save(tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    for name in ("text.png", "empty.png", "cut.png", "missing.png"):
+        with pytest.raises(ValueError, match=name):
+            read_photo(str(tmp_path / name))
+
+
+# ----------------------------------------------------------------------------------- noise
+
+@pytest.mark.parametrize("sigma255", [5, 20])
+def test_sigma_estimators_on_a_blurred_real_photo(sigma255):
+    g = torch.Generator().manual_seed(sigma255)
+    y = blur_valid(_photo(), _kernel())
+    y = y + sigma255 / 255 * torch.randn(y.shape, generator=g, dtype=y.dtype)
+    for est in (sigma_mad, sigma_pca):
+        s = est(y) * 255
+        assert abs(s - sigma255) < 0.15 * sigma255, (est.__name__, s)
+
+
+def test_estimate_sigma_is_clipped_and_checks_its_method():
+    flat = torch.full((3, 32, 32), 0.5)
+    assert estimate_sigma(flat) == pytest.approx(1 / 255)       # floor, never 0
+    assert estimate_sigma(flat, clip=False) == 0.0
+    with pytest.raises(ValueError, match="method"):
+        estimate_sigma(flat, method="nope")
+
+
+def test_parse_sigma():
+    assert parse_sigma("auto") == "auto"
+    assert parse_sigma("5/255") == pytest.approx(5 / 255)
+    assert parse_sigma("0.02") == 0.02
+    for bad in ("0", "-0.1", "0.5", "2", "abc", "1/0", "nan"):
+        with pytest.raises(ValueError, match="sigma"):
+            parse_sigma(bad)
+
+
+# ------------------------------------------------------------------------------ boundaries
+
+def test_pad_periodic_shapes_crop_and_smooth_wrap():
+    x = torch.rand(1, 3, 37, 50, generator=torch.Generator().manual_seed(0))
+    p, box = pad_periodic(x, 9, 16)
+    assert p.shape[-2] % 16 == 0 and p.shape[-1] % 16 == 0
+    assert box[0] >= 9 and p.shape[-2] - box[0] - 37 >= 9
+    assert torch.equal(crop(p, box), x)
+    # a smooth image stays smooth across the periodic wrap (no jump from one side to the other)
+    ramp = torch.linspace(0, 1, 60).view(1, 1, 1, 60).expand(1, 1, 10, 60)
+    q, _ = pad_periodic(ramp, 20)
+    jump = (q - torch.roll(q, 1, -1)).abs().amax()
+    assert jump < 0.06          # the unpadded wrap jump is 1.0; inner steps are 1/59
+    const, _ = pad_periodic(torch.full((1, 1, 7, 9), 0.3), 5, 8)
+    assert torch.allclose(const, torch.full_like(const, 0.3))
+
+
+def test_periodic_padding_removes_wraparound_ringing():
+    """Wiener with the true kernel on a 'valid'-blurred real photo: padding gains > 3 dB."""
+    x, k = _photo(), _kernel()
+    r = k.shape[0] // 2
+    g = torch.Generator().manual_seed(0)
+    y = blur_valid(x, k) + 2 / 255 * torch.randn(1, 3, 80, 80, generator=g, dtype=torch.float64)
+    truth = x[..., r:-r, r:-r]
+    naive = _psnr(wiener_deconv(y, k, 2 / 255), truth)
+    p, box = pad_periodic(y, r + 8)
+    padded = _psnr(crop(wiener_deconv(p, k, 2 / 255), box), truth)
+    assert padded > naive + 3, (naive, padded)
+
+
+def test_wiener_inverts_a_noise_free_circular_blur():
+    x, k = _photo(), _kernel()
+    y = blur(x, k)
+    assert _psnr(wiener_deconv(y, k, 0.0, lam_min=1e-7), x) > 45
+
+
+# ---------------------------------------------------------------------------------- tiling
+
+def test_map_tiles_identity_and_agrees_with_a_whole_image_run():
+    y = torch.rand(3, 70, 95, generator=torch.Generator().manual_seed(1))
+    out = map_tiles(y, lambda t: t, tile=32, overlap=8, context=5, multiple=16, progress=False)
+    assert torch.allclose(out, y, atol=1e-6)
+    # Wiener by tiles (34 px of context) is as good as Wiener on the whole padded photo (within 1 dB)
+    x, k = _photo(), _kernel()
+    r = k.shape[0] // 2
+    truth = x[0, :, r:-r, r:-r].float()
+    yb = blur_valid(x, k).float()[0] + 0.01 * torch.randn(3, 80, 80, generator=torch.Generator().manual_seed(2))
+    whole_p, box = pad_periodic(yb[None], 17)
+    whole = crop(wiener_deconv(whole_p, k.float(), 0.01), box)[0]
+    tiled = map_tiles(yb, lambda t: wiener_deconv(t, k.float(), 0.01), tile=40, overlap=12, context=34,
+                      progress=False)
+    assert _psnr(tiled, truth) > _psnr(whole, truth) - 1.0
+
+
+def test_informative_window_prefers_texture_and_avoids_saturation():
+    g = torch.Generator().manual_seed(0)
+    y = torch.full((3, 200, 200), 0.5)
+    y[:, 20:70, 20:70] = torch.rand(3, 50, 50, generator=g) * 0.3 + 0.35        # texture
+    y[:, 120:180, 120:180] = (torch.rand(3, 60, 60, generator=g) > 0.5).float()  # stronger, but clipped
+    top, left = informative_window(y, 64, ksize=9)
+    assert 0 <= top <= 20 and 0 <= left <= 20 and top + 64 >= 70 and left + 64 >= 70
+
+
+# -------------------------------------------------------------------------------- pipeline
+
+def test_deblur_photo_whole_and_windowed_paths():
+    x = _photo()[0].float()
+    y_gray = x.mean(0, keepdim=True)[:, :45, :38]  # odd, non-square, greyscale
+    r = deblur_photo(y_gray, sigma="auto", prior="gaussian", kernel_size=5, steps=2, device="cpu",
+                     progress=False, window=64)
+    assert r.image.shape == (1, 45, 38) and r.restore == "blind" and r.window is None
+    assert r.sigma_estimated and r.sigma >= 1 / 255
+    assert r.kernel.shape == (5, 5) and abs(float(r.kernel.sum()) - 1) < 1e-4 and r.kernel.min() >= 0
+    r2 = deblur_photo(x, sigma="3/255", prior="gaussian", kernel_size=5, steps=2, device="cpu", progress=False,
+                      window=32)
+    assert r2.image.shape == (3, 96, 96) and r2.restore == "wiener" and r2.window[2:] == (32, 32)
+    assert not r2.sigma_estimated and r2.sigma == pytest.approx(3 / 255)
+    assert 0 <= float(r2.image.min()) and float(r2.image.max()) <= 1
+    with pytest.raises(ValueError, match="kernel size"):
+        deblur_photo(x[:, :20, :20], kernel_size=33, prior="gaussian")
