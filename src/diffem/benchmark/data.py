@@ -2,7 +2,8 @@
 
 * Images: every .png/.jpg/.bmp/.tif of ``dataset`` in sorted order (first ``limit``), converted to RGB,
   centre-cropped to ``crop``×``crop``.
-* Kernels, one per image (the same for every σ): ``motion:33`` / ``handshake:33`` / ``gaussian:25`` /
+* Kernels, one per image (the same for every σ): ``levin:33`` (a public set placed in 33×33 by
+  ``diffem.kernels.load_kernel_set``), ``motion:33`` / ``handshake:33`` / ``gaussian:25`` /
   ``linear:33`` / ``mix:33`` draw from ``diffem.kernels`` generators with a seed derived from
   (seed, image index) — so image i gets the same kernel whatever ``limit`` is; ``intensity`` etc. can be
   passed as ``motion:33:intensity=0.5``. A kernel set — ``levin``/``levin09``, ``usrnet``, ``lai-uniform``
@@ -91,9 +92,22 @@ class KernelSource:
             from diffem.kernels.generators import GENERATORS, make_generator
             from diffem.benchmark.specs import parse_value
 
-            if head not in GENERATORS:
-                raise ValueError(f"kernels: unknown generator {head!r} in {spec!r} (choose from {', '.join(GENERATORS)})")
             self.size = int(parts[1])
+            if head not in GENERATORS:  # a public kernel set at a given size, e.g. levin:33
+                try:
+                    from diffem.kernels import load_kernel_set
+                except ImportError:
+                    load_kernel_set = None
+                if load_kernel_set is None:
+                    raise ValueError(f"kernels: unknown generator {head!r} in {spec!r} (choose from {', '.join(GENERATORS)})")
+                root = kernel_root if kernel_root and os.path.isdir(kernel_root) else None
+                try:
+                    ks = load_kernel_set(head, self.size, root=root)
+                except (ValueError, FileNotFoundError, KeyError) as e:
+                    raise ValueError(f"kernels: {spec!r} is neither a generator ({', '.join(GENERATORS)}) nor a "
+                                     f"loadable kernel set: {e}") from None
+                self._set = [k.numpy().astype(np.float32) for k in ks]
+                return
             params = {}
             for tok in ":".join(parts[2:]).split(","):
                 if tok.strip():

@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -236,6 +237,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
               file=sys.stderr)
 
     cache = {}  # image index -> (x_gt_big, kernel)
+    seen_warnings = set()
     written, errors = [], []
     from tqdm import tqdm
 
@@ -282,7 +284,8 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         from diffem.metrics.runtime import measure
 
         try:
-            with measure(device) as cost:
+            with warnings.catch_warnings(record=True) as caught, measure(device) as cost:
+                warnings.simplefilter("always")
                 image, k_hat, extra = fn(y, sigma, k.shape[-1], k, seed, **opts)
         except (KeyboardInterrupt, SystemExit):
             raise
@@ -295,6 +298,13 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             continue
         row = _evaluate(name, s255, spec, image, k_hat, extra or {}, gt, y, k, sigma, seed, cost,
                         cfg, lpips_model)
+        msgs = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
+        if msgs:  # kept in the row; printed once per run instead of once per item
+            row["warnings"] = msgs
+            for msg in msgs:
+                if msg not in seen_warnings:
+                    seen_warnings.add(msg)
+                    print(f"bench: {spec.label}: {msg}", file=sys.stderr)
         row["gt_png"] = gt_png
         if cfg.save_outputs:
             odir = os.path.join(out, "outputs", spec.slug)
