@@ -1,0 +1,199 @@
+"""End-to-end `diffem deblur` / `diffem demo` (in-process, Gaussian prior, tiny images, 2 steps)."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffem.cli import main
+from diffem.realphoto.io import write_photo
+
+FAST = ["--prior", "gaussian", "--steps", "2", "--kernel-size", "5", "--device", "cpu", "--quiet"]
+OUTPUTS = ("_deblurred.png", "_kernel.png", "_kernel.npy", "_figure.png", "_report.json")
+
+
+def _img(path, shape=(36, 40, 3), mode=None, seed=0):
+    a = np.random.default_rng(seed).integers(30, 220, size=shape, dtype=np.uint8)
+    Image.fromarray(a, mode=mode).save(path)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main(["deblur", *map(str, argv)])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def _one_line_error(code, err, *words):
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w.lower() in lines[0].lower(), (w, lines[0])
+
+
+def _no_leftovers(folder):
+    left = [f for f in os.listdir(folder) if f.startswith(".diffem-")]
+    assert not left, left
+
+
+# --------------------------------------------------------------------------- happy paths
+
+def test_rgb_outputs_and_report(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code, err = _run(capsys, src, "-o", out, "--sigma", "5/255", *FAST)
+    assert code == 0, err
+    for suffix in OUTPUTS:
+        assert (out / f"a{suffix}").is_file()
+    rep = json.loads((out / "a_report.json").read_text())
+    assert rep["sigma"] == pytest.approx(5 / 255) and rep["sigma_estimated"] is False
+    assert rep["parameters"]["method"] == "fast-em-pigdm" and rep["diffem_version"]
+    assert "total_s" in rep["timings"]
+    k = np.load(out / "a_kernel.npy")
+    assert k.shape == (5, 5) and abs(k.sum() - 1) < 1e-4
+    assert Image.open(out / "a_deblurred.png").size == (40, 36)
+    _no_leftovers(out)
+
+
+def test_grayscale_in_grayscale_out(tmp_path, capsys):
+    src = _img(tmp_path / "g.png", shape=(33, 30), mode="L")
+    code, err = _run(capsys, src, "-o", tmp_path, *FAST)
+    assert code == 0, err
+    im = Image.open(tmp_path / "g_deblurred.png")
+    assert im.mode == "L" and im.size == (30, 33)
+    rep = json.loads((tmp_path / "g_report.json").read_text())
+    assert rep["sigma_estimated"] is True and rep["channels"] == 1
+
+
+def test_rgba_alpha_passed_through(tmp_path, capsys):
+    a = np.random.default_rng(1).integers(0, 256, size=(34, 31, 4), dtype=np.uint8)
+    Image.fromarray(a, mode="RGBA").save(tmp_path / "t.png")
+    code, err = _run(capsys, tmp_path / "t.png", "-o", tmp_path / "o", *FAST)
+    assert code == 0, err
+    out = np.asarray(Image.open(tmp_path / "o" / "t_deblurred.png"))
+    assert out.shape == (34, 31, 4)
+    np.testing.assert_array_equal(out[..., 3], a[..., 3])
+
+
+def test_16bit_in_16bit_out(tmp_path, capsys):
+    q = np.random.default_rng(2).integers(5000, 60000, size=(32, 35, 3), dtype=np.uint16)
+    write_photo(str(tmp_path / "h.png"), q / 65535.0, bit_depth=16)
+    code, err = _run(capsys, tmp_path / "h.png", "-o", tmp_path / "o", *FAST)
+    assert code == 0, err
+    from diffem.realphoto import read_photo
+    back = read_photo(str(tmp_path / "o" / "h_deblurred.png"))
+    assert back.bit_depth == 16 and back.pixels.shape == (32, 35, 3)
+    # genuinely 16-bit: not all values are multiples of 257 (what an 8-bit image scaled up gives)
+    assert (np.round(back.pixels * 65535).astype(np.int64) % 257 != 0).mean() > 0.5
+
+
+def test_non_square_odd_size_and_several_inputs_with_one_failure(tmp_path, capsys):
+    _img(tmp_path / "odd.png", shape=(37, 53, 3))
+    (tmp_path / "bad.png").write_text("not an image")
+    code, err = _run(capsys, tmp_path / "odd.png", tmp_path / "bad.png", "-o", tmp_path / "o", *FAST)
+    assert code != 0 and "bad.png" in err
+    assert Image.open(tmp_path / "o" / "odd_deblurred.png").size == (53, 37)  # the good one was done
+    assert not list((tmp_path / "o").glob("bad_*"))
+    _no_leftovers(tmp_path / "o")
+
+
+# ---------------------------------------------------------------------------- bad input
+
+def test_missing_file(tmp_path, capsys):
+    _one_line_error(*_run(capsys, tmp_path / "nope.png", "-o", tmp_path, *FAST), "nope.png", "does not exist")
+
+
+def test_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(*_run(capsys, tmp_path / "empty", "-o", tmp_path / "o", *FAST), "no image")
+
+
+def test_not_an_image(tmp_path, capsys):
+    (tmp_path / "x.png").write_text("hello")
+    _one_line_error(*_run(capsys, tmp_path / "x.png", "-o", tmp_path / "o", *FAST), "x.png", "not an image")
+    assert not os.listdir(tmp_path / "o")
+
+
+def test_truncated_file(tmp_path, capsys):
+    data = _img(tmp_path / "full.png", shape=(60, 60, 3)).read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    _one_line_error(*_run(capsys, tmp_path / "cut.png", "-o", tmp_path / "o", *FAST), "cut.png", "truncated")
+    assert not os.listdir(tmp_path / "o")
+
+
+def test_zero_size_images(tmp_path, capsys):
+    (tmp_path / "zero.png").write_bytes(b"")
+    _one_line_error(*_run(capsys, tmp_path / "zero.png", "-o", tmp_path / "o", *FAST), "zero.png", "empty")
+    # a PNG whose header says 0×0 pixels
+    import struct
+    import zlib
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 0, 0, 8, 2, 0, 0, 0))
+           + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    (tmp_path / "zero2.png").write_bytes(png)
+    code, err = _run(capsys, tmp_path / "zero2.png", "-o", tmp_path / "o", *FAST)
+    _one_line_error(code, err, "zero2.png")
+
+
+def test_image_smaller_than_kernel(tmp_path, capsys):
+    src = _img(tmp_path / "small.png", shape=(20, 24, 3))
+    code, err = _run(capsys, src, "-o", tmp_path / "o", "--prior", "gaussian", "--kernel-size", "33", "--quiet")
+    _one_line_error(code, err, "small.png", "smaller than the kernel")
+
+
+@pytest.mark.parametrize("sigma", ["0", "-0.01", "0.5", "0.7", "abc"])
+def test_bad_sigma(tmp_path, capsys, sigma):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--sigma", sigma, *FAST), "sigma")
+
+
+def test_unwritable_output_folder(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    _one_line_error(*_run(capsys, src, "-o", blocker / "sub", *FAST), "output")
+
+
+def test_output_never_overwrites_an_input(tmp_path, capsys):
+    a = _img(tmp_path / "a.png", seed=1)
+    victim = _img(tmp_path / "a_deblurred.png", seed=2)  # what processing a.png would write
+    before = victim.read_bytes()
+    code, err = _run(capsys, a, victim, "-o", tmp_path, *FAST)
+    assert code != 0 and "overwrite" in err
+    assert victim.read_bytes() == before
+
+
+def test_output_equal_to_the_single_input(tmp_path, capsys):
+    a = _img(tmp_path / "a.png", seed=1)
+    victim = _img(tmp_path / "a_deblurred.png", seed=2)
+    before = victim.read_bytes()
+    # only the victim is given: its own outputs are a_deblurred_deblurred.png etc., so it is processed...
+    # ...but giving both makes a.png's outputs collide with an input: refused, one line
+    code, err = _run(capsys, victim, a, "-o", tmp_path, "--sigma", "0.01", *FAST)
+    assert code != 0 and sum("overwrite" in line for line in err.splitlines()) == 1
+    assert victim.read_bytes() == before
+    assert a.is_file()
+
+
+def test_unknown_method_and_prior(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path, "--method", "magic", "--prior", "gaussian"), "method", "magic")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path, "--prior", "nosuchprior"), "prior", "nosuchprior")
+
+
+def test_demo_runs_on_the_shipped_examples(tmp_path, capsys):
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    if not (examples / "synthetic_chelsea_blurred.png").is_file():
+        pytest.skip("examples/ not present")
+    code = main(["demo", "-o", str(tmp_path), "--prior", "gaussian", "--steps", "2", "--kernel-size", "9", "--window", "64",
+                 "--quiet", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (tmp_path / "synthetic_chelsea_blurred_figure.png").is_file()
+    assert (tmp_path / "real_cross_stitch_deblurred.png").is_file()
+    assert str(tmp_path) in out
