@@ -1,0 +1,86 @@
+"""CPU performance settings for running diffusion UNets on a few cores.
+
+The biggest single win measured on the project machine (docs/cpu-feasibility.md) is glibc's
+allocator: by default every buffer > 32 MB is mmap'd and unmapped on each call, so each network
+call page-faults fresh memory. ``configure_cpu()`` turns that off from Python with ``mallopt``
+(the same as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large> MALLOC_TOP_PAD_=<large>). The
+cost: freed memory is kept by the process instead of going back to the OS.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+import torch
+
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_MAX = -4
+
+_configured: dict | None = None
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()  # only glibc has this; musl etc. -> AttributeError
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def configure_malloc(trim_threshold: int = 64 << 30, top_pad: int = 1 << 30) -> bool:
+    """Keep large buffers in the heap (no mmap per call). True if applied (glibc only)."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # mallopt takes an int: clamp the thresholds to INT_MAX
+    big = lambda v: min(int(v), 2**31 - 1)  # noqa: E731
+    ok = libc.mallopt(M_MMAP_MAX, 0) == 1
+    ok &= libc.mallopt(M_TRIM_THRESHOLD, big(trim_threshold)) == 1
+    ok &= libc.mallopt(M_TOP_PAD, big(top_pad)) == 1
+    return bool(ok)
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 autocast is likely to be fast here (AMX/AVX512-BF16 on CPU, or CUDA)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def configure_cpu(threads: int | None = None, malloc: bool = True) -> dict:
+    """Apply the CPU settings once per process; returns what was applied.
+
+    ``threads``: torch intra-op threads (default: leave torch's choice, = cores here).
+    Safe to call repeatedly and on non-glibc systems (then the malloc part is a no-op).
+    """
+    global _configured
+    if _configured is not None and threads is None:
+        return _configured
+    applied = {"malloc": False, "threads": torch.get_num_threads()}
+    if malloc and os.environ.get("DIFFEM_NO_MALLOC_TUNING") != "1":
+        applied["malloc"] = configure_malloc()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+        applied["threads"] = int(threads)
+    _configured = applied
+    return applied
+
+
+def prepare_network(net: torch.nn.Module, channels_last: bool = True) -> torch.nn.Module:
+    """channels_last memory format (pays off only together with bf16 autocast)."""
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
