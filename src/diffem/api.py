@@ -145,7 +145,7 @@ def _mstep_for(kernel_size: int, device, regulariser: str, lam: float | None, op
 
 
 def _sampler_options(options: dict) -> dict:
-    allowed = {"dps_variant", "dps_scale"}
+    allowed = {"dps_scale"}
     unknown = set(options) - allowed
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
@@ -162,7 +162,7 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
     sigma: noise std on [0,1]. method: fast-em-pigdm | fast-em-dps | em-pigdm | em-dps.
     steps: diffusion steps (default 100 for ΠGDM, 1000 for DPS, as the authors). kernel_prior:
     auto (PnP when a denoiser is shipped for the size, else ℓ2) | pnp | l2 | l1 | none.
-    Other options go to the M-step (``KernelMStep`` fields) or the DPS guidance (dps_variant, dps_scale).
+    Other options go to the M-step (``KernelMStep`` fields) or the DPS guidance (dps_scale).
     """
     if method not in BLIND_METHODS:
         raise ValueError(f"method: expected one of {BLIND_METHODS}, got {method!r}")

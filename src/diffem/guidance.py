@@ -46,24 +46,16 @@ def pigdm_guidance(x_t: torch.Tensor, x0_01: torch.Tensor, y: torch.Tensor, kern
 
 
 def dps_guidance(x_t: torch.Tensor, x0_01: torch.Tensor, y: torch.Tensor, kernel: torch.Tensor, sigma: float,
-                 schedule: Schedule, i: int, variant: str = "authors", scale: float = 1.0) -> torch.Tensor:
-    """DPS step.
+                 schedule: Schedule, i: int, scale: float = 1.0) -> torch.Tensor:
+    """DPS step as the authors implement Eq. 16: −ζ_t ∇_{x_t} ‖y − k⊛x̂0‖₂ with ζ_t = √ᾱ_t.
 
-    ``"authors"``: −ζ_t ∇_{x_t} ‖y − k⊛x̂0‖₂ (non-squared norm, ζ_t = √ᾱ_t), as in the public code.
-    ``"paper"``:   Eq. 16, g = −(1/σ²) ∇‖y − k⊛x̂0‖², entering the score with ζ_t = √ᾱ_t, hence the
-                   x-update β_t/√α_t · ζ_t g of Eq. 15.
+    The norm is not squared and has no 1/σ² (the literal Eq. 16 diverges at small σ without a
+    tuned step); σ only enters through the M-step. ``scale`` multiplies ζ_t.
     """
     residual = y - blur(x0_01, kernel)
-    if variant == "authors":
-        loss = residual.flatten(1).norm(dim=1).sum()
-        weight = math.sqrt(schedule.alphas_cumprod[i])
-    elif variant == "paper":
-        loss = residual.pow(2).sum() / max(sigma, 1e-8) ** 2
-        weight = schedule.betas[i] / math.sqrt(1 - schedule.betas[i]) * math.sqrt(schedule.alphas_cumprod[i])
-    else:
-        raise ValueError(f"dps variant: expected 'authors' or 'paper', got {variant!r}")
+    loss = residual.flatten(1).norm(dim=1).sum()   # one norm per particle
     (grad,) = torch.autograd.grad(loss, x_t)
-    return -scale * weight * grad
+    return -scale * math.sqrt(schedule.alphas_cumprod[i]) * grad
 
 
 GUIDANCE = {"pigdm": pigdm_guidance, "dps": dps_guidance}

@@ -127,30 +127,30 @@ def center_of_mass(kernel: torch.Tensor) -> torch.Tensor:
     return torch.stack([r, c], dim=-1)
 
 
-def fourier_shift(kernel: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Sub-pixel translation of (…, k, k) kernels by shift (…, 2) = (rows, cols), via a phase ramp.
+def shift_kernel(kernel: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Sub-pixel translation of (k, k) or (B, k, k) kernels by shift = (rows, cols), bilinear.
 
-    The kernel is zero-padded to 2k before the shift so that it does not wrap around.
+    Bilinear interpolation keeps the kernel non-negative and its mass (away from the border), so
+    no ringing has to be clipped afterwards (a spline or Fourier shift rings on sharp kernels).
     """
-    kh, kw = kernel.shape[-2:]
-    P = 2 * max(kh, kw)
-    padded = F.pad(kernel, (0, P - kw, 0, P - kh))
-    fr = torch.fft.fftfreq(P, dtype=kernel.dtype, device=kernel.device)
-    fc = torch.fft.rfftfreq(P, dtype=kernel.dtype, device=kernel.device)
-    sr = shift[..., 0, None, None]
-    sc = shift[..., 1, None, None]
-    phase = torch.exp(-2j * torch.pi * (fr[:, None] * sr + fc[None, :] * sc))
-    out = torch.fft.irfft2(torch.fft.rfft2(padded) * phase, s=(P, P))
-    return out[..., :kh, :kw]
+    batched = kernel.dim() == 3
+    k = kernel if batched else kernel[None]
+    shift = shift.reshape(-1, 2).to(k.dtype)
+    B, kh, kw = k.shape
+    rows = torch.arange(kh, dtype=k.dtype, device=k.device)
+    cols = torch.arange(kw, dtype=k.dtype, device=k.device)
+    # out(p) = k(p − s): sample the input at p − s, in grid_sample's [-1, 1] coordinates.
+    src_r = (rows[None, :] - shift[:, :1]) / max(kh - 1, 1) * 2 - 1          # (B, kh)
+    src_c = (cols[None, :] - shift[:, 1:]) / max(kw - 1, 1) * 2 - 1          # (B, kw)
+    grid = torch.stack([src_c[:, None, :].expand(B, kh, kw), src_r[:, :, None].expand(B, kh, kw)], dim=-1)
+    out = F.grid_sample(k[:, None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[:, 0]
+    return out if batched else out[0]
 
 
-def recenter(kernel: torch.Tensor, project: bool = True) -> torch.Tensor:
-    """Move the centre of mass to (⌊k/2⌋, ⌊k/2⌋) by a sub-pixel shift (the authors do this after each
-    Fast-EM M-step; blind deconvolution cannot tell a kernel from its translate).
-
-    With ``project`` (default) the result is clipped and renormalised; the authors' code skips that.
-    """
+def recenter(kernel: torch.Tensor) -> torch.Tensor:
+    """Move the centre of mass to (⌊k/2⌋, ⌊k/2⌋) by a bilinear sub-pixel shift, then renormalise
+    (the authors re-centre after each Fast-EM M-step, with a spline shift and no renormalisation;
+    blind deconvolution cannot tell a kernel from its translate)."""
     kh, kw = kernel.shape[-2:]
     target = torch.tensor([kh // 2, kw // 2], dtype=kernel.dtype, device=kernel.device)
-    shifted = fourier_shift(kernel, target - center_of_mass(kernel))
-    return project_simplex(shifted) if project else shifted
+    return project_simplex(shift_kernel(kernel, target - center_of_mass(kernel)))

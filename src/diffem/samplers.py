@@ -63,7 +63,7 @@ def _noise(shape, generator: torch.Generator | None, like: torch.Tensor) -> torc
 def posterior_sample(prior: Prior, y: torch.Tensor, physics: Blur, schedule: Schedule, *, guidance: str = "pigdm",
                      n: int = 1, generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
                      mstep: KernelMStep | None = None, callback: Callable[[dict], None] | None = None,
-                     disable: bool = False, dps_variant: str = "authors", dps_scale: float = 1.0,
+                     disable: bool = False, dps_scale: float = 1.0,
                      desc: str = "sampling") -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1 (and, with ``mstep``, Algorithm 2). y: (1,C,H,W) on [0,1]; returns (n,C,H,W) samples."""
     if guidance not in GUIDANCE:
@@ -83,7 +83,7 @@ def posterior_sample(prior: Prior, y: torch.Tensor, physics: Blur, schedule: Sch
             if mstep is not None and mstep.active(it):                 # Alg. 2: H_{t−1} = M-step(y, x̂0, σ)
                 physics.update(kernel=mstep(x0_01.detach(), y, physics.sigma, physics.kernel, r2=r2))
             if guidance == "dps":                                      # Eq. 16
-                g = dps_guidance(x, x0_01, y, physics.kernel, physics.sigma, schedule, i, dps_variant, dps_scale)
+                g = dps_guidance(x, x0_01, y, physics.kernel, physics.sigma, schedule, i, dps_scale)
             else:                                                      # Eq. 17
                 g = GUIDANCE[guidance](x, x0_01, y, physics.kernel, physics.sigma, schedule, i)
         noise = _noise(x.shape, generator, x) if i > 0 else None

@@ -1,0 +1,145 @@
+"""Physics, schedule and M-step: closed forms, reference fixtures, invariants."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import torch
+
+from conftest import levin_kernel
+from diffem.mstep import estimate_kernel
+from diffem.physics import (Blur, blur, blur_adjoint, blur_valid, center_of_mass, crop_kernel, delta_kernel,
+                            kernel_to_otf, project_simplex, recenter)
+from diffem.schedule import Schedule, space_timesteps
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_blur_is_adjoint():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 20, 17, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 3, 20, 17, generator=g, dtype=torch.float64)
+    k = torch.rand(2, 5, 5, generator=g, dtype=torch.float64)      # one kernel per image
+    lhs = (blur(x, k) * y).sum()
+    rhs = (x * blur_adjoint(y, k)).sum()
+    assert torch.allclose(lhs, rhs, rtol=1e-12)
+
+
+def test_blur_matches_scipy_circular_convolution():
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 3, 24, 31, generator=g, dtype=torch.float64)
+    k = torch.rand(7, 7, generator=g, dtype=torch.float64)
+    ours = blur(x, k)
+    for c in range(3):
+        ref = ndi.convolve(x[0, c].numpy(), k.numpy(), mode="wrap")   # true convolution, origin at centre
+        np.testing.assert_allclose(ours[0, c].numpy(), ref, atol=1e-12)
+
+
+def test_blur_valid_matches_circular_interior():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 3, 30, 30, generator=g, dtype=torch.float64)
+    k = torch.rand(5, 5, generator=g, dtype=torch.float64)
+    v = blur_valid(x, k)
+    assert v.shape[-2:] == (26, 26)
+    assert torch.allclose(v, blur(x, k)[..., 2:-2, 2:-2], atol=1e-12)
+
+
+def test_delta_kernel_is_identity_and_otf_roundtrip():
+    x = torch.rand(1, 3, 16, 16, dtype=torch.float64)
+    assert torch.allclose(blur(x, delta_kernel(9, dtype=torch.float64)), x, atol=1e-12)
+    k = torch.rand(9, 9, dtype=torch.float64)
+    z = torch.fft.irfft2(kernel_to_otf(k, (16, 16)), s=(16, 16))
+    assert torch.allclose(crop_kernel(z, 9), k, atol=1e-12)
+
+
+def test_shift_convention_centre_is_origin():
+    # A kernel whose only mass is one pixel right of the centre shifts the image right by one.
+    k = torch.zeros(5, 5, dtype=torch.float64)
+    k[2, 3] = 1
+    x = torch.rand(1, 1, 8, 8, dtype=torch.float64)
+    assert torch.allclose(blur(x, k), torch.roll(x, 1, dims=-1))
+
+
+def test_projection_and_recentring():
+    g = torch.Generator().manual_seed(3)
+    k = torch.randn(2, 11, 11, generator=g)
+    p = project_simplex(k)
+    assert (p >= 0).all() and torch.allclose(p.sum((-2, -1)), torch.ones(2))
+    off = torch.zeros(33, 33)
+    off[5:9, 20:27] = 1.0
+    off = off / off.sum()
+    c = recenter(off)
+    assert torch.allclose(center_of_mass(c), torch.tensor([16.0, 16.0]), atol=0.05)
+    assert (c >= 0).all() and abs(float(c.sum()) - 1) < 1e-6
+    # a sub-pixel shift of an already centred kernel changes it little
+    lk = levin_kernel(4)
+    assert (recenter(lk) - lk).abs().max() < 1e-4
+
+
+def test_noisy_measurement_statistics():
+    x = torch.full((1, 3, 64, 64), 0.5)
+    y = Blur(delta_kernel(5), sigma=0.1)(x, torch.Generator().manual_seed(0))
+    assert abs(float((y - x).std()) - 0.1) < 0.005       # unclipped Gaussian noise of std σ
+
+
+@pytest.mark.parametrize("spacing", ["100", "50", "20", "ddim50", "1000"])
+def test_schedule_matches_guided_diffusion_reference(spacing):
+    ref = json.loads((DATA / "core_ddpm_schedule_reference.json").read_text())[f"respaced_{spacing}"]
+    s = Schedule(spacing)
+    assert s.timesteps == ref["timesteps"]
+    np.testing.assert_allclose(s.betas, ref["betas"], rtol=0, atol=1e-15)
+    np.testing.assert_allclose(s.alphas_cumprod, ref["alphas_cumprod"], rtol=0, atol=1e-15)
+
+
+def test_schedule_sections_and_errors():
+    assert space_timesteps(100, "10,10") == [0, 5, 11, 16, 22, 27, 33, 38, 44, 49, 50, 55, 61, 66, 72, 77, 83, 88, 94, 99]
+    with pytest.raises(ValueError, match="steps"):
+        space_timesteps(1000, "ddim999")
+
+
+def test_ddim_eta1_equals_ddpm_variance():
+    s = Schedule("50")
+    x_t, x0, z = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    i = 30
+    # Same mean and same noise std: η = 1 DDIM and the fixed-small DDPM step are the same Gaussian.
+    ddim_mean = s.ddim_step(x_t, x0, i, None, eta=1.0)
+    ddpm_mean = s.ddpm_step(x_t, x0, i, None)
+    assert torch.allclose(ddim_mean, ddpm_mean, atol=1e-10)
+    assert torch.allclose(s.ddim_step(x_t, x0, i, z, eta=1.0) - ddim_mean,
+                          np.sqrt(s.posterior_variance[i]) * z, atol=1e-10)
+
+
+@pytest.mark.parametrize("channel_mode", ["joint", "average"])
+def test_mstep_recovers_levin_kernel_from_sharp_image(crop128, channel_mode):
+    """Issue acceptance: λ = 0, σ = 5/255, 128×128 CBSD68 crop, 33×33 Levin kernel: MSE ≤ 2e-5."""
+    k = levin_kernel(4)
+    y = Blur(k, 5 / 255)(crop128, torch.Generator().manual_seed(0))
+    est = estimate_kernel(crop128, y, 5 / 255, delta_kernel(33), regulariser="none", lam=0,
+                          channel_mode=channel_mode)
+    mse = float(((est - k) ** 2).mean())
+    start = float(((delta_kernel(33) - k) ** 2).mean())
+    assert est.shape == (33, 33) and (est >= 0).all() and abs(float(est.sum()) - 1) < 1e-5
+    assert mse <= 2e-5, mse
+    assert mse < start / 50
+
+
+def test_mstep_regularisers_and_pigdm_damping(crop128):
+    k = levin_kernel(2)
+    y = Blur(k, 10 / 255)(crop128, torch.Generator().manual_seed(1))
+    d = delta_kernel(33)
+    for reg in ("l2", "l1"):
+        est = estimate_kernel(crop128, y, 10 / 255, d, regulariser=reg, lam=1.0)
+        assert float(((est - k) ** 2).mean()) < float(((d - k) ** 2).mean()) / 10
+    # A trivial PnP denoiser (identity) equals no regularisation.
+    ident = estimate_kernel(crop128, y, 10 / 255, d, regulariser="pnp", denoiser=lambda z, s: z)
+    none = estimate_kernel(crop128, y, 10 / 255, d, regulariser="none")
+    assert torch.allclose(ident, none, atol=1e-7)
+    # Eq. 33: E‖k⊛x − y‖² gains r²·C·N·‖k‖², an ℓ2 penalty: the damped kernel is more spread out.
+    norms = [float((estimate_kernel(crop128, y, 10 / 255, d, regulariser="none", r2=r2) ** 2).sum())
+             for r2 in (0.0, 1e-3, 1e-1)]
+    assert norms[0] > norms[1] > norms[2]
+    with pytest.raises(ValueError, match="regulariser"):
+        estimate_kernel(crop128, y, 0.1, d, regulariser="tv")
+    with pytest.raises(ValueError, match="denoiser"):
+        estimate_kernel(crop128, y, 0.1, d, regulariser="pnp")
