@@ -8,7 +8,7 @@ from diffem.realphoto.boundary import crop, pad_periodic
 from diffem.realphoto.io import Photo, expand_inputs, read_photo, write_photo
 from diffem.realphoto.noise import estimate_sigma
 from diffem.realphoto.pipeline import PhotoResult, deblur_photo, parse_sigma
-from diffem.realphoto.tiling import informative_window, map_tiles, wiener_deconv
+from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles, wiener_deconv
 
-__all__ = ["Photo", "PhotoResult", "crop", "deblur_photo", "estimate_sigma", "expand_inputs", "informative_window",
+__all__ = ["Photo", "PhotoResult", "crop", "deconv_valid", "deblur_photo", "estimate_sigma", "expand_inputs", "informative_window",
            "map_tiles", "pad_periodic", "parse_sigma", "read_photo", "wiener_deconv", "write_photo"]

@@ -9,8 +9,9 @@
    image and kernel are the answer.
 4. Larger photos: the kernel is estimated by ``diffem.deblur`` on the ``window``×``window`` region
    with the most gradient energy and no saturation (``tiling.informative_window``); the full photo is
-   then restored with that kernel tile by tile (``tiling.map_tiles``), either by the fast Wiener
-   deconvolution (``restore="wiener"``, the default for large photos: seconds for 12 MP) or by the
+   then restored with that kernel tile by tile (``tiling.map_tiles``), either by the fast
+   Tikhonov-gradient deconvolution with the exact non-circular boundary model
+   (``restore="wiener"``, ``tiling.deconv_valid``, the default for large photos) or by the
    non-blind diffusion sampler ``diffem.restore`` on each tile (``restore="diffusion"``: best
    quality, but ~(H·W / window²) times the cost of the blind run).
 """
@@ -26,7 +27,7 @@ import torch
 import diffem
 from diffem.realphoto.boundary import crop, pad_periodic
 from diffem.realphoto.noise import estimate_sigma
-from diffem.realphoto.tiling import informative_window, map_tiles, wiener_deconv
+from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles
 
 MULTIPLE = 16  # the UNets downsample 3-4 times
 
@@ -146,9 +147,10 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
         mode = "wiener" if restore == "auto" else restore
         t = time.perf_counter()
         if mode == "wiener":
-            fn = lambda tile_y: wiener_deconv(tile_y, kernel, sigma)  # noqa: E731
+            fn = lambda tile_y: deconv_valid(tile_y, kernel, sigma)  # noqa: E731
             image = map_tiles(y, fn, tile=max(tile, 4 * kernel_size), overlap=max(16, kernel_size),
-                              context=2 * kernel_size, multiple=1, progress=progress, desc="Wiener tiles")
+                              context=2 * kernel_size, progress=progress, desc="deconvolution tiles",
+                              periodic=False)
         else:
             counter = iter(range(10**9))
 
