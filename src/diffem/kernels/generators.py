@@ -289,7 +289,7 @@ class HandShakeGenerator(KernelGenerator):
         pts = f * np.tan(theta)[:, ::-1]  # (yaw -> column, pitch -> row) in pixels
         pts = pts - pts.mean(0)
         if self.fit:
-            limit = self.size / 2.0 - 1.5 - 2 * self.blur
+            limit = self.size / 2.0 - 2.0 - 3 * self.blur  # bilinear (1 px) + blur (3σ) stay inside
             ext = np.abs(pts).max()
             if ext > limit:
                 pts = pts * (limit / ext)

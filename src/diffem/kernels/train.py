@@ -170,8 +170,12 @@ def train_kernel_denoiser(size: int = 33, out=None, iterations: int = 4000, batc
                           crop: int | None = 24,
                           pool_size: int = 6000, sigma_range=None, seed: int = 0, bias: bool = True,
                           scale: bool = True, resume: bool = True, checkpoint_every: int = 250,
-                          threads: int | None = None, progress: bool = True, log=print) -> KernelDenoiser:
-    """Train a kernel denoiser and write it to ``out`` (safetensors). Returns the model."""
+                          threads: int | None = None, progress: bool = True, log=print,
+                          stop_after: int | None = None) -> KernelDenoiser:
+    """Train a kernel denoiser and write it to ``out`` (safetensors). Returns the model.
+
+    ``stop_after``: leave after that many iterations of this call, with a checkpoint but no weights
+    file (a time-boxed session); run again with the same arguments to continue."""
     from tqdm.auto import tqdm
 
     if int(size) < 3:
@@ -221,8 +225,13 @@ def train_kernel_denoiser(size: int = 33, out=None, iterations: int = 4000, batc
         opt.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         bar.set_postfix(loss=f"{running:.4g}")
-        if (it + 1) % checkpoint_every == 0 or it + 1 == iterations:
+        last = stop_after is not None and it + 1 - start >= stop_after
+        if (it + 1) % checkpoint_every == 0 or it + 1 == iterations or last:
             _save_checkpoint(ckpt, model, opt, it + 1, config)
+        if last and it + 1 < iterations:
+            bar.close()
+            log(f"stopped at iteration {it + 1}/{iterations}; checkpoint {ckpt}")
+            return model.eval()
     model.eval()
     sd = math.sqrt(sigma_range[0] * sigma_range[1])
     noisy_mse, den_mse = evaluate(model, held_out, sd)
@@ -232,4 +241,27 @@ def train_kernel_denoiser(size: int = 33, out=None, iterations: int = 4000, batc
                          batch_size=batch_size, pool_size=pool_size, seed=seed, lr=lr, crop=crop,
                          training="diffem.kernels.train: training_mixture, MSE, Adam")
     log(f"wrote {out}")
+    return model
+
+
+def export_checkpoint(ckpt, out, sigma_range=None, lr: float = 1e-3, log=print) -> KernelDenoiser:
+    """Write the weights of a training checkpoint (e.g. a run stopped early) as a denoiser file,
+    with the iteration it reached in the metadata."""
+    from safetensors import safe_open
+
+    ckpt = os.fspath(ckpt)
+    with safe_open(ckpt, framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k[6:]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
+    size = int(meta["size"])
+    model = KernelDenoiser(size, bias=meta.get("bias", "1") == "1", scale=meta.get("scale", "1") == "1")
+    model.load_state_dict(state)
+    model.eval()
+    sigma_range = tuple(sigma_range or sigma_range_for(size))
+    save_kernel_denoiser(model, out, sigma_min=sigma_range[0], sigma_max=sigma_range[1],
+                         iterations=int(meta["iteration"]), batch_size=int(meta["batch_size"]),
+                         pool_size=int(meta["pool_size"]), seed=int(meta["seed"]), lr=lr,
+                         crop=None if meta.get("crop") in (None, "None") else int(meta["crop"]),
+                         training="diffem.kernels.train: training_mixture, MSE, Adam (exported checkpoint)")
+    log(f"wrote {out} from {ckpt} (iteration {meta['iteration']})")
     return model
