@@ -1,0 +1,103 @@
+"""Speed of a prior's guidance step: forward with graph + VJP w.r.t. the input (what DPS / ΠGDM pay
+per diffusion step), batch 1, at 256² and 512², fp32 and bf16 autocast + channels_last.
+
+Each setting runs in its own subprocess (fresh allocator and oneDNN caches); one warm-up call is
+excluded, then the median of ``--runs`` timed calls is reported together with the CPU share the
+process got (CPU-seconds per wall-second; below ~1.8 on 2 threads means something else competed).
+
+    python benchmarks/prior_speed.py --sizes 256,512 --threads 2 --runs 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, malloc: bool) -> dict:
+    import torch
+
+    from diffem.perf import configure_cpu
+    applied = configure_cpu(threads=threads, malloc=malloc)
+    from diffem.priors import load_prior
+    kw = {"autocast_bf16": bf16, "channels_last": bf16} if prior_name == "default" else {}
+    prior = load_prior(prior_name, **kw)
+    if bf16 and prior_name != "default":
+        prior.autocast_bf16 = True
+        prior.network.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, size, size, generator=g)
+    v = torch.randn(1, 3, size, size, generator=g)
+    if bf16:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t = torch.tensor([500])
+
+    def step():
+        xr = x.detach().requires_grad_(True)
+        eps = prior.eps(xr, t)
+        (grad,) = torch.autograd.grad(eps, xr, grad_outputs=v)
+        return grad
+
+    times, shares = [], []
+    for k in range(runs + 1):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step()
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        if k:  # first call: oneDNN primitive creation
+            times.append(w)
+            shares.append(c / w)
+    times.sort()
+    return {"size": size, "bf16_cl": bf16, "threads": threads, "malloc": applied["malloc"],
+            "median_s": times[len(times) // 2], "min_s": times[0], "max_s": times[-1], "runs": runs,
+            "cpu_share": sorted(shares)[len(shares) // 2]}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prior", default="default")
+    p.add_argument("--sizes", default="256,512")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--modes", default="fp32,bf16", help="fp32 and/or bf16 (= bf16 autocast + channels_last)")
+    p.add_argument("--no-malloc", action="store_true", help="leave glibc malloc settings alone")
+    p.add_argument("--bf16-runs", type=int, default=None, help="fewer runs for bf16 where it is emulated (slow)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(measure(**spec)))
+        return 0
+
+    rows = []
+    for mode in args.modes.split(","):
+        for size in [int(s) for s in args.sizes.split(",")]:
+            runs = args.bf16_runs if (mode == "bf16" and args.bf16_runs) else args.runs
+            spec = dict(prior_name=args.prior, size=size, bf16=mode == "bf16", threads=args.threads, runs=runs,
+                        malloc=not args.no_malloc)
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                print(out.stderr, file=sys.stderr)
+                return out.returncode
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+
+    from diffem.perf import bf16_supported
+    print(f"\nprior {args.prior}, batch 1, fwd+VJP w.r.t. x, {args.threads} threads, "
+          f"glibc malloc tuning {'off' if args.no_malloc else 'on'}, native bf16: {bf16_supported()}\n")
+    print("| size | mode | median s | min–max s | runs | CPU share | 100 steps (s) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        mode = "bf16 + channels_last" if r["bf16_cl"] else "fp32"
+        print(f"| {r['size']} | {mode} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | {r['runs']} | "
+              f"{r['cpu_share']:.2f} | {100 * r['median_s']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
