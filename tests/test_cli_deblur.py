@@ -44,9 +44,9 @@ def _no_leftovers(folder):
 def test_rgb_outputs_and_report(tmp_path, capsys):
     src = _img(tmp_path / "a.png")
     out = tmp_path / "out"
-    code, err = _run(capsys, src, "-o", out, "--sigma", "5/255", *FAST)
+    code, err = _run(capsys, src, "-o", out, "--sigma", "5/255", "--save-samples", *FAST)
     assert code == 0, err
-    for suffix in OUTPUTS:
+    for suffix in OUTPUTS + ("_sample0.png",):
         assert (out / f"a{suffix}").is_file()
     rep = json.loads((out / "a_report.json").read_text())
     assert rep["sigma"] == pytest.approx(5 / 255) and rep["sigma_estimated"] is False
@@ -180,6 +180,11 @@ def test_output_equal_to_the_single_input(tmp_path, capsys):
     assert a.is_file()
 
 
+def test_window_smaller_than_twice_the_kernel(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path, "--window", "40", "--kernel-size", "33"), "window")
+
+
 def test_unknown_method_and_prior(tmp_path, capsys):
     src = _img(tmp_path / "a.png")
     _one_line_error(*_run(capsys, src, "-o", tmp_path, "--method", "magic", "--prior", "gaussian"), "method", "magic")
@@ -190,8 +195,8 @@ def test_demo_runs_on_the_shipped_examples(tmp_path, capsys):
     examples = Path(__file__).resolve().parents[1] / "examples"
     if not (examples / "synthetic_chelsea_blurred.png").is_file():
         pytest.skip("examples/ not present")
-    code = main(["demo", "-o", str(tmp_path), "--prior", "gaussian", "--steps", "2", "--kernel-size", "9", "--window", "64",
-                 "--quiet", "--device", "cpu"])
+    code = main(["demo", "-o", str(tmp_path), "--prior", "gaussian", "--steps", "2", "--kernel-size", "9",
+                 "--window", "64", "--quiet", "--device", "cpu"])
     out = capsys.readouterr().out
     assert code == 0
     assert (tmp_path / "synthetic_chelsea_blurred_figure.png").is_file()

@@ -146,6 +146,7 @@ def _load_prior_or_fail(name: str, device, preset, fallback: bool):
 
 
 def _validate(args) -> float | str:
+    """Checks the options; returns σ ('auto' or a float)."""
     from diffem.realphoto import parse_sigma
 
     if args.method not in METHODS:
@@ -157,14 +158,19 @@ def _validate(args) -> float | str:
             raise CLIError(f"--{name.replace('_', '-')}: must be a positive integer")
     if args.kernel_size < 3 or args.kernel_size % 2 == 0:
         raise CLIError(f"--kernel-size: must be an odd integer ≥ 3, got {args.kernel_size}")
+    if args.window < 2 * args.kernel_size:
+        raise CLIError(f"--window: must be at least twice the kernel size ({2 * args.kernel_size}), got {args.window}")
     if args.steps is not None and args.steps < 1:
         raise CLIError("--steps: must be a positive integer")
     if args.restore not in ("auto", "wiener", "diffusion"):
         raise CLIError(f"--restore: expected auto, wiener or diffusion, got {args.restore!r}")
     try:
-        sigma = parse_sigma(args.sigma)
+        return parse_sigma(args.sigma)
     except ValueError as e:
         raise CLIError(f"--{e}") from None
+
+
+def _prepare_output(args) -> None:
     try:
         os.makedirs(args.output, exist_ok=True)
     except OSError as e:
@@ -177,7 +183,6 @@ def _validate(args) -> float | str:
             pass
     except OSError as e:
         raise CLIError(f"-o/--output: output folder {args.output!r} is not writable ({e.strerror or e})") from None
-    return sigma
 
 
 def run_deblur(args, fallback_prior: bool = False) -> int:
@@ -192,6 +197,7 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
         if problems:
             return 2
         raise CLIError("no input image")
+    _prepare_output(args)
     prior, prior_used = _load_prior_or_fail(args.prior, args.device, args.preset, fallback_prior)
     args.prior = prior_used
     protected = {os.path.realpath(f) for f in files}
