@@ -13,7 +13,7 @@ from diffem.benchmark.specs import parse_shard, parse_sigmas
 from diffem.physics import blur, delta_kernel
 
 IMAGES = os.path.join(os.path.dirname(__file__), "data", "bench_images")
-VOLATILE = {"time_s", "peak_rss_mb", "peak_cuda_mb", "finished", "timings"}
+VOLATILE = {"time_s", "cpu_s", "peak_rss_mb", "peak_cuda_mb", "finished", "timings"}
 
 
 def _stable(rows):

@@ -248,6 +248,9 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             x = bdata.load_rgb(images[i])
             k = ksrc.kernel(i)
             extra = k.shape[-1] - 1 if cfg.boundary == "valid" else 0
+            if cfg.crop and extra and min(x.shape[-2:]) < cfg.crop + extra:
+                raise ValueError(f"crop: {name} is {x.shape[-2]}x{x.shape[-1]}, smaller than crop + kernel size - 1 "
+                                 f"= {cfg.crop + extra} needed by --boundary valid")
             x = bdata.center_crop(x, (cfg.crop + extra) if cfg.crop else None, name)
             cache = {i: (x, k)}  # keep one image in memory
             kp = os.path.join(out, "data/kernels", name)
@@ -368,6 +371,7 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
     if lpips_model is not None:
         row["lpips"] = lpips_model(img.float(), gt.float()).item()
     row["time_s"] = cost["time_s"]
+    row["cpu_s"] = cost["cpu_s"]
     row["peak_rss_mb"] = cost["peak_rss_mb"]
     row["peak_cuda_mb"] = cost["peak_cuda_mb"]
     if "timings" in extra:

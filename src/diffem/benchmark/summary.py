@@ -23,6 +23,7 @@ METRICS = [
     ("sharpness_index", "SI", "{:.1f}"),
     ("blur_strength", "blur str.", "{:.3f}"),
     ("time_s", "time/img (s)", "{:.2f}"),
+    ("cpu_s", "CPU s/img", "{:.2f}"),
     ("peak_rss_mb", "peak RSS (MB)", "{:.0f}"),
     ("peak_cuda_mb", "peak GPU (MB)", "{:.0f}"),
 ]

@@ -21,18 +21,21 @@ def peak_rss_mb() -> float:
 
 @contextmanager
 def measure(device=None):
-    """``with measure(device) as m: ...`` then m["time_s"], m["peak_rss_mb"], m["peak_cuda_mb"]."""
+    """``with measure(device) as m: ...`` then m["time_s"], m["cpu_s"], m["peak_rss_mb"], m["peak_cuda_mb"]."""
     m = {}
     cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         yield m
     finally:
         if cuda:
             torch.cuda.synchronize()
         m["time_s"] = time.perf_counter() - t0
+        # CPU seconds of the whole process (all threads): cpu_s / time_s well below the thread count
+        # means the machine was shared and time_s is inflated.
+        m["cpu_s"] = time.process_time() - c0
         m["peak_rss_mb"] = peak_rss_mb()
         m["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
