@@ -88,6 +88,16 @@ def _prepare_measurement(y, channels: int, device: torch.device) -> tuple[torch.
     return y.to(device=device, dtype=torch.float32).clone()[None], gray
 
 
+def _check_same_device_dtype(name: str, t, y) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name}: expected a torch tensor, got {type(t).__name__}")
+    if isinstance(y, torch.Tensor):
+        if t.device != y.device:
+            raise ValueError(f"{name}: on {t.device} but y is on {y.device}")
+        if t.dtype != y.dtype:
+            raise ValueError(f"{name}: dtype {t.dtype} does not match y's {y.dtype}")
+
+
 def _check_kernel_size(kernel_size, shape) -> int:
     if not isinstance(kernel_size, (int, np.integer)) or isinstance(kernel_size, bool):
         raise ValueError(f"kernel_size: expected an integer, got {kernel_size!r}")
@@ -170,8 +180,8 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
     n_particles = _check_positive_int("n_particles", n_particles)
     n_em = _check_positive_int("n_em", n_em)
     dev = resolve_device(device)
-    if isinstance(y, torch.Tensor) and isinstance(kernel_init, torch.Tensor) and kernel_init.device != y.device:
-        raise ValueError(f"kernel_init: on {kernel_init.device} but y is on {y.device}")
+    if kernel_init is not None:
+        _check_same_device_dtype("kernel_init", kernel_init, y)
     t0 = time.perf_counter()
     p = _load(prior, dev, preset)
     t_load = time.perf_counter() - t0
@@ -216,12 +226,12 @@ def restore(y, kernel, sigma, prior="default", method: str = "pigdm", n_particle
     sigma = _check_sigma(sigma)
     n_particles = _check_positive_int("n_particles", n_particles)
     dev = resolve_device(device)
-    if isinstance(kernel, np.ndarray):
-        kernel = torch.from_numpy(np.ascontiguousarray(kernel))
+    if isinstance(kernel, np.ndarray):  # numpy kernels adopt y's dtype and device
+        like = y if isinstance(y, torch.Tensor) else torch.empty(0)
+        kernel = torch.from_numpy(np.ascontiguousarray(kernel)).to(dtype=like.dtype, device=like.device)
     if not isinstance(kernel, torch.Tensor) or kernel.dim() != 2 or kernel.shape[0] != kernel.shape[1]:
         raise ValueError(f"kernel: expected a square (k, k) array, got {getattr(kernel, 'shape', type(kernel))}")
-    if isinstance(y, torch.Tensor) and kernel.device != y.device:
-        raise ValueError(f"kernel: on {kernel.device} but y is on {y.device}")
+    _check_same_device_dtype("kernel", kernel, y)
     if not torch.isfinite(kernel).all() or (kernel < 0).any() or abs(float(kernel.sum()) - 1) > 1e-3:
         raise ValueError("kernel: must be finite, non-negative and sum to 1")
     t0 = time.perf_counter()
