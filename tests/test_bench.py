@@ -20,6 +20,15 @@ def _stable(rows):
     return sorted((json.dumps({k: v for k, v in r.items() if k not in VOLATILE}, sort_keys=True) for r in rows))
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny tensors: one thread avoids oversubscription on a shared 2-core machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class _Dummy:
     """A fast deterministic 'method': returns the clipped measurement and a Dirac kernel;
     raises KeyboardInterrupt (as Ctrl-C / a kill would stop the run) on call number ``stop_at``."""
