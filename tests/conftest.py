@@ -8,7 +8,7 @@ import torch
 DATA = Path(__file__).parent / "data"
 
 # Reproducible timings and results on the 2-core CI machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(int(os.environ.get("DIFFEM_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 @pytest.fixture(scope="session")

@@ -194,7 +194,9 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
     else:
         if tuple(kernel_init.shape) != (kernel_size, kernel_size):
             raise ValueError(f"kernel_init: expected shape ({kernel_size}, {kernel_size}), got {tuple(kernel_init.shape)}")
-        k0 = kernel_init.to(device=dev, dtype=torch.float32).clone()
+        if not torch.isfinite(kernel_init).all() or (kernel_init < 0).any() or float(kernel_init.sum()) <= 0:
+            raise ValueError("kernel_init: must be finite, non-negative and not all zero")
+        k0 = kernel_init.to(device=dev, dtype=torch.float32) / float(kernel_init.sum())
     mstep = _mstep_for(kernel_size, dev, kernel_prior, lam, options)
     opts = _sampler_options(options)
     physics = Blur(k0, sigma)
