@@ -3,7 +3,8 @@ per diffusion step), batch 1, at 256² and 512², fp32 and bf16 autocast + chann
 
 Each setting runs in its own subprocess (fresh allocator and oneDNN caches); one warm-up call is
 excluded, then the median of ``--runs`` timed calls is reported together with the CPU share the
-process got (CPU-seconds per wall-second; below ~1.8 on 2 threads means something else competed).
+process got (CPU-seconds per wall-second; below ~1.8 on 2 threads means something else competed)
+and the CPU-seconds per call (robust to competition: on an idle machine wall ≈ CPU / threads).
 
     python benchmarks/prior_speed.py --sizes 256,512 --threads 2 --runs 5
 """
@@ -41,7 +42,7 @@ def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, mal
         (grad,) = torch.autograd.grad(eps, xr, grad_outputs=v)
         return grad
 
-    times, shares = [], []
+    times, shares, cpus = [], [], []
     for k in range(runs + 1):
         w0, c0 = time.perf_counter(), time.process_time()
         step()
@@ -49,10 +50,11 @@ def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, mal
         if k:  # first call: oneDNN primitive creation
             times.append(w)
             shares.append(c / w)
+            cpus.append(c)
     times.sort()
     return {"size": size, "bf16_cl": bf16, "threads": threads, "malloc": applied["malloc"],
             "median_s": times[len(times) // 2], "min_s": times[0], "max_s": times[-1], "runs": runs,
-            "cpu_share": sorted(shares)[len(shares) // 2]}
+            "cpu_share": sorted(shares)[len(shares) // 2], "cpu_s": sorted(cpus)[len(cpus) // 2]}
 
 
 def main(argv=None) -> int:
@@ -90,12 +92,12 @@ def main(argv=None) -> int:
     from diffem.perf import bf16_supported
     print(f"\nprior {args.prior}, batch 1, fwd+VJP w.r.t. x, {args.threads} threads, "
           f"glibc malloc tuning {'off' if args.no_malloc else 'on'}, native bf16: {bf16_supported()}\n")
-    print("| size | mode | median s | min–max s | runs | CPU share | 100 steps (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| size | mode | median wall s | min–max s | runs | CPU share | median CPU s | 100 steps (s, wall) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         mode = "bf16 + channels_last" if r["bf16_cl"] else "fp32"
         print(f"| {r['size']} | {mode} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | {r['runs']} | "
-              f"{r['cpu_share']:.2f} | {100 * r['median_s']:.0f} |")
+              f"{r['cpu_share']:.2f} | {r['cpu_s']:.3f} | {100 * r['median_s']:.0f} |")
     return 0
 
 
