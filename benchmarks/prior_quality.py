@@ -125,6 +125,26 @@ def save_grid(x: torch.Tensor, path: str, cols: int):
     os.replace(tmp, path)
 
 
+def plot_loss(csv_path: str, path: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    d = np.genfromtxt(csv_path, delimiter=",", names=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(d["step"], d["loss"], lw=0.5, alpha=0.4, label="batch loss")
+    ax.plot(d["step"], d["loss_ema"], lw=1.5, label="running mean")
+    ax.set_yscale("log")
+    ax.set_xlabel("step (batch 16 of 64x64 crops)")
+    ax.set_ylabel("ε-MSE")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/test/CBSD68")
@@ -139,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--sample-steps-64", type=int, default=100)
     p.add_argument("--sample-steps-256", type=int, default=50)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--loss-csv", default=None, help="a train-prior loss.csv: plot it to FIGURE_DIR/prior_loss.png")
     args = p.parse_args(argv)
 
     from diffem.perf import configure_cpu
@@ -175,6 +196,8 @@ def main(argv=None) -> int:
 
     if args.figure_dir:
         os.makedirs(args.figure_dir, exist_ok=True)
+        if args.loss_csv:
+            plot_loss(args.loss_csv, os.path.join(args.figure_dir, "prior_loss.png"))
         x = sample(prior, 16, 64, args.sample_steps_64, args.seed)
         save_grid(x, os.path.join(args.figure_dir, "prior_samples_64.png"), cols=8)
         x = sample(prior, 4, 256, args.sample_steps_256, args.seed + 1)
