@@ -48,12 +48,13 @@ def cmd_run(args) -> int:
             return 2
     prior = load_prior(args.prior)
     kp = load_kernel_prior(args.kernel_prior)
-    names = sorted(f for f in os.listdir(args.images) if f.lower().endswith(".png"))[: args.n_images]
+    names = sorted(f for f in os.listdir(args.images) if f.lower().endswith(".png"))
+    names = names[args.first: args.first + args.n_images]
     kernels = levin_kernels(args.kernels)
     knames = [f"levin09_k{i}" for i in args.levin]
     sigma = args.sigma / 255
     rows = []
-    for ii, name in enumerate(names):
+    for ii, name in enumerate(names, start=args.first):
         kname = knames[ii % len(knames)]
         k = kernels[kname]
         x = load_crop(os.path.join(args.images, name), args.crop)
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     r.add_argument("--kernels", default=os.path.join(SHARED, "kernels", "Levin09", "npy"))
     r.add_argument("--levin", type=int, nargs="+", default=[1, 3, 5, 7], help="Levin kernels, cycled over images")
     r.add_argument("--n-images", type=int, default=2)
+    r.add_argument("--first", type=int, default=0, help="index of the first image (sorted names)")
     r.add_argument("--crop", type=int, default=128)
     r.add_argument("--sigma", type=float, default=5.0, help="noise std on the 0-255 scale")
     r.add_argument("--steps", default="1000")
