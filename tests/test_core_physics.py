@@ -143,3 +143,17 @@ def test_mstep_regularisers_and_pigdm_damping(crop128):
         estimate_kernel(crop128, y, 0.1, d, regulariser="tv")
     with pytest.raises(ValueError, match="denoiser"):
         estimate_kernel(crop128, y, 0.1, d, regulariser="pnp")
+
+
+def test_support_data_step_equals_full_fft_eq24():
+    from diffem.mstep import SupportDataStep, data_terms, hqs_data_step
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(2, 3, 40, 37, generator=g)
+    y = torch.rand(1, 3, 40, 37, generator=g)
+    k = project_simplex(torch.rand(11, 11, generator=g))
+    for mode in ("joint", "average"):
+        num, den = data_terms(x, y, r2=1e-3, channel_mode=mode)
+        full = hqs_data_step(num, den, (40, 37), k, alpha=3.0)
+        fast = SupportDataStep(num, den, (40, 37), 11, alpha=3.0)(k)
+        assert torch.allclose(full, fast, atol=1e-6 * float(full.abs().max()))

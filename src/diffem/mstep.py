@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from diffem.physics import crop_kernel, kernel_to_otf, project_simplex
 
@@ -20,29 +21,34 @@ KernelDenoiser = Callable[[torch.Tensor, float], torch.Tensor]
 REGULARISERS = ("pnp", "l2", "l1", "none")
 
 
-def hqs_data_step(X: torch.Tensor, Y: torch.Tensor, shape: tuple[int, int], k_prev: torch.Tensor, sigma: float,
-                  beta: float, r2: float = 0.0, channel_mode: str = "joint", n_weight: bool = True) -> torch.Tensor:
-    """Eq. 24 (+ the Eq. 33 damping). X: rfft2 of the particles (n,C,H,W'), Y: rfft2 of y (1,C,H,W'),
-    shape = (H, W).
+def data_terms(x: torch.Tensor, y: torch.Tensor, r2: float = 0.0, channel_mode: str = "joint"):
+    """The parts of Eq. 24 that do not change across HQS iterations (float32 FFTs: the
+    kernel MSE matches float64 to 1e-9 on the tests, at half the cost):
+    numerator Σ_i conj(X_i)·Y and denominator Σ_i |X_i|² (+ n·N·r² for ΠGDM, Eq. 33).
 
-    ``channel_mode="joint"`` solves one system for the kernel shared by all channels (the sums run
-    over particles and channels); ``"average"`` solves each channel and averages, as the authors do.
-    ``n_weight`` uses the paper's nβσ² (Eq. 24); False uses the authors' βσ².
+    ``channel_mode="joint"`` also sums over the colour channels: one least-squares system for the
+    kernel shared by R, G, B. ``"average"`` keeps one system per channel (the authors average the
+    per-channel solutions).
     """
-    n = X.shape[0]
-    ksize = k_prev.shape[-1]
-    alpha = (n if n_weight else 1) * beta * max(sigma, 1e-8) ** 2
-    Kp = kernel_to_otf(k_prev, shape)
-    num = (X.conj() * Y).sum(0)                       # (C, H, W')
-    den = (X.abs() ** 2).sum(0) + n * shape[0] * shape[1] * r2
-    if channel_mode == "joint":
-        Z = (num.sum(0) + alpha * Kp) / (den.sum(0) + alpha)
-    elif channel_mode == "average":
-        Z = ((num + alpha * Kp) / (den + alpha)).mean(0)
-    else:
+    if channel_mode not in ("joint", "average"):
         raise ValueError(f"channel_mode: expected 'joint' or 'average', got {channel_mode!r}")
-    z = torch.fft.irfft2(Z, s=shape)
-    return project_simplex(crop_kernel(z, ksize))
+    X = torch.fft.rfft2(x.to(torch.float32))
+    Y = torch.fft.rfft2(y.to(torch.float32))
+    n, N = x.shape[0], x.shape[-2] * x.shape[-1]
+    num = (X.conj() * Y).sum(0)                       # (C, H, W//2+1)
+    den = (X.real**2 + X.imag**2).sum(0) + n * N * r2
+    if channel_mode == "joint":
+        num, den = num.sum(0, keepdim=True), den.sum(0, keepdim=True)
+    return num, den
+
+
+def hqs_data_step(num: torch.Tensor, den: torch.Tensor, shape: tuple[int, int], k_prev: torch.Tensor,
+                  alpha: float) -> torch.Tensor:
+    """Eq. 24: Z = F⁻¹[(Σ conj(X)Y + α F(K_j)) / (Σ|X|² + α)], α = nβσ², cropped to the kernel support
+    and projected. Per-channel solutions (``average`` mode) are averaged."""
+    Kp = kernel_to_otf(k_prev.to(torch.float32), shape)
+    z = torch.fft.irfft2((num + alpha * Kp) / (den + alpha), s=shape).mean(0)
+    return project_simplex(crop_kernel(z, k_prev.shape[-1]))
 
 
 def prior_step(z: torch.Tensor, regulariser: str, lam: float, beta: float,
@@ -63,6 +69,31 @@ def prior_step(z: torch.Tensor, regulariser: str, lam: float, beta: float,
     raise ValueError(f"regulariser: expected one of {REGULARISERS}, got {regulariser!r}")
 
 
+class SupportDataStep:
+    """Eq. 24 restricted to the kernel support, for all HQS iterations at the cost of two FFTs.
+
+    Z_crop = crop(F⁻¹[num/(den+α)]) + α · crop(g ⊛ K_j) with g = F⁻¹[1/(den+α)]: the first term does
+    not depend on K_j, and the second only needs g on the (2k−1)² window around the origin, so
+    each iteration is a small direct convolution instead of two H×W FFTs. Exact (same circular
+    model); used when 2k−1 fits in the image.
+    """
+
+    def __init__(self, num: torch.Tensor, den: torch.Tensor, shape: tuple[int, int], ksize: int, alpha: float):
+        self.ksize, self.alpha = ksize, alpha
+        self.a = crop_kernel(torch.fft.irfft2(num / (den + alpha), s=shape), ksize)          # (C', k, k)
+        self.g = crop_kernel(torch.fft.irfft2(1 / (den + alpha), s=shape), 2 * ksize - 1)[:, None]
+
+    @staticmethod
+    def fits(shape, ksize: int) -> bool:
+        return 2 * ksize - 1 <= min(shape)
+
+    def __call__(self, k_prev: torch.Tensor) -> torch.Tensor:
+        # (g ⊛ k)(p) = Σ_q k(q) g(p − q): a correlation of g with the flipped kernel
+        w = torch.flip(k_prev.to(self.g.dtype), dims=(-2, -1))[None, None]
+        gk = F.conv2d(self.g, w)[:, 0]                                                      # (C', k, k)
+        return project_simplex((self.a + self.alpha * gk).mean(0))
+
+
 @torch.no_grad()
 def estimate_kernel(x: torch.Tensor, y: torch.Tensor, sigma: float, k_init: torch.Tensor, *, n_iter: int = 10,
                     lam: float = 1.0, beta: float = 1e5, regulariser: str = "pnp",
@@ -73,9 +104,15 @@ def estimate_kernel(x: torch.Tensor, y: torch.Tensor, sigma: float, k_init: torc
     if regulariser not in REGULARISERS:
         raise ValueError(f"regulariser: expected one of {REGULARISERS}, got {regulariser!r}")
     y = y if y.dim() == 4 else y[None]
-    X, Y = torch.fft.rfft2(x.to(torch.float64)), torch.fft.rfft2(y.to(torch.float64))
-    k = k_init.to(torch.float64)
+    num, den = data_terms(x, y, r2, channel_mode)
+    alpha = (x.shape[0] if n_weight else 1) * beta * max(sigma, 1e-8) ** 2   # nβσ² (Eq. 24) or βσ²
+    shape, ksize = tuple(x.shape[-2:]), k_init.shape[-1]
+    if SupportDataStep.fits(shape, ksize):
+        data_step = SupportDataStep(num, den, shape, ksize, alpha)
+    else:
+        data_step = lambda k_prev: hqs_data_step(num, den, shape, k_prev, alpha)  # noqa: E731
+    k = k_init
     for _ in range(n_iter):
-        z = hqs_data_step(X, Y, x.shape[-2:], k, sigma, beta, r2=r2, channel_mode=channel_mode, n_weight=n_weight)
-        k = prior_step(z.to(k_init.dtype), regulariser, lam, beta, denoiser).to(torch.float64)
+        z = data_step(k)                                                       # Eq. 22 / 24
+        k = prior_step(z.to(k_init.dtype), regulariser, lam, beta, denoiser)  # Eq. 23 / 25
     return k.to(k_init.dtype)
