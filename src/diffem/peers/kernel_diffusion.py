@@ -94,12 +94,14 @@ def _dihedral(k: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float = 3e-4, max_minutes: float = 25.0,
                        max_steps: int = 100000, max_wall_minutes: float | None = None, ema: float = 0.999, seed: int = 0, log_every: int = 50,
-                       ckpt_every: int = 200, bank=None, progress: bool = True) -> dict:
+                       ckpt_every: int = 200, bank=None, init=None, progress: bool = True) -> dict:
     """ε-prediction training (T = 1000, linear β) on a bank of ``training_mixture(33)`` kernels.
 
     Stops after ``max_minutes`` of process CPU time per thread (the compute actually received),
     ``max_wall_minutes`` of wall time or ``max_steps``;
     writes EMA weights to ``out`` (safetensors, via a temp name) every ``ckpt_every`` steps and at the end.
+    ``init``: a checkpoint to continue from (its EMA weights start both the model and the EMA; the
+    step count in the metadata continues from the checkpoint's).
     """
     from tqdm.auto import tqdm
 
@@ -113,6 +115,13 @@ def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float
         bank = training_mixture(KERNEL_SIZE, seed=seed).step(n_kernels)
     data = bank.float()
     net = build_network()
+    step0 = 0
+    if init is not None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+        net.load_state_dict(load_file(os.fspath(init)))
+        with safe_open(os.fspath(init), "pt") as f:
+            step0 = int((f.metadata() or {}).get("steps", 0))
     ema_net = build_network()
     ema_net.load_state_dict(net.state_dict())
     for p in ema_net.parameters():
@@ -126,7 +135,7 @@ def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float
 
     def save():
         save_safetensors(ema_net.state_dict(), out, config=cfg,
-                         extra_metadata={"diffem_kind": "blinddps-kernel-prior", "steps": step, "batch": batch,
+                         extra_metadata={"diffem_kind": "blinddps-kernel-prior", "steps": step0 + step, "batch": batch,
                                          "n_kernels": len(data), "kernel_size": KERNEL_SIZE,
                                          "generator": "diffem.kernels.training_mixture(33)", "seed": seed})
 
@@ -168,11 +177,13 @@ def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float
             "cpu_s": time.process_time() - t_start, "out": os.fspath(out)}
 
 
-if __name__ == "__main__":   # python -m diffem.peers.kernel_diffusion OUT [cpu_minutes] [wall_minutes]
+if __name__ == "__main__":   # python -m diffem.peers.kernel_diffusion OUT [cpu_minutes] [wall_minutes] [init]
     import sys
     torch.set_num_threads(1)
     out = sys.argv[1]
     cpu_min = float(sys.argv[2]) if len(sys.argv) > 2 else 25.0
     wall_min = float(sys.argv[3]) if len(sys.argv) > 3 else None
-    print(json.dumps(train_kernel_prior(out, n_kernels=4000, batch=16, max_minutes=cpu_min,
-                                        max_wall_minutes=wall_min, progress=False)), flush=True)
+    init = sys.argv[4] if len(sys.argv) > 4 else None
+    print(json.dumps(train_kernel_prior(out, n_kernels=4000, batch=16, max_minutes=cpu_min, init=init,
+                                        max_wall_minutes=wall_min, seed=0 if init is None else 1, ckpt_every=50,
+                                        progress=False)), flush=True)
