@@ -210,7 +210,8 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
             r = _process_one(path, args, prior, sigma, protected, diffem.__version__)
         except Exception as e:  # noqa: BLE001 - report this input, go on with the others
             failed += 1
-            print(f"diffem {args.command}: error: {path}: {e}", file=sys.stderr)
+            msg = str(e) if path in str(e) else f"{path}: {e}"
+            print(f"diffem {args.command}: error: {msg}", file=sys.stderr)
             continue
         done.append(r)
         est = " (estimated)" if r["estimated"] else ""

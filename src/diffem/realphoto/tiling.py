@@ -178,13 +178,15 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
 
 def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile: int = 512,
               overlap: int = 32, context: int = 33, multiple: int = 1, progress: bool = True,
-              desc: str = "restoring tiles", periodic: bool = True) -> torch.Tensor:
+              desc: str = "restoring tiles", edge_fn: Callable | None = None) -> torch.Tensor:
     """Apply ``fn`` ((1,C,h,w) periodic image -> same shape) to overlapping tiles of (C,H,W) ``y``.
 
     Each tile is taken with ``context`` pixels of surrounding photo (fewer at the photo's edges),
     periodically extended by ``context`` (+ rounding to ``multiple``), restored, cropped to the
-    tile and blended. With ``periodic=False`` ``fn`` gets the tile with its context as is (for a
-    method that models the boundary itself, like ``deconv_valid``). Returns (C,H,W) float32.
+    tile and blended. Tiles whose context reaches the photo's border go to ``edge_fn`` instead, when
+    given, as they are (no padding): a method that models the unknown outside itself, like
+    ``deconv_valid``; interior tiles have real context all around, so the padded ``fn`` is exact
+    enough there. Returns (C,H,W) float32.
     """
     C, H, W = y.shape
     tile = max(int(tile), 2 * overlap + 1)
@@ -201,11 +203,11 @@ def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile:
             t0, l0 = max(t - context, 0), max(l - context, 0)
             t1, l1 = min(t + th + context, H), min(l + tw + context, W)
             piece = y[None, :, t0:t1, l0:l1].float()
-            if periodic:
+            if edge_fn is not None and (t0 == 0 or l0 == 0 or t1 == H or l1 == W):
+                restored = edge_fn(piece)[0]
+            else:
                 padded, box = pad_periodic(piece, context, multiple)
                 restored = crop(fn(padded), box)[0]
-            else:
-                restored = fn(piece)[0]
             core = restored[:, t - t0 : t - t0 + th, l - l0 : l - l0 + tw]
             wr = _blend_weights(th, overlap, i == 0, i == len(tops) - 1)
             wc = _blend_weights(tw, overlap, j == 0, j == len(lefts) - 1)
