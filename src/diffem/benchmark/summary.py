@@ -161,11 +161,11 @@ def pareto_plot(summary: list[dict], path: str, nonblind: set[str] | None = None
         for name, t, p in pts:
             ax.annotate(name, (t, p), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
-        from matplotlib.ticker import FuncFormatter
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-        fmt = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.xaxis.set_major_formatter(fmt)
-        ax.xaxis.set_minor_formatter(fmt)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.25, y=0.15)
         ax.legend(fontsize=7, loc="best")
     else:
