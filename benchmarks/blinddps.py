@@ -46,8 +46,8 @@ def cmd_run(args) -> int:
         if not os.path.isdir(path):
             print(f"error: folder not found: {path}", file=sys.stderr)
             return 2
-    prior = load_prior(args.prior)
-    kp = load_kernel_prior(args.kernel_prior)
+    prior = load_prior(args.prior) if args.method == "blind-dps" else None
+    kp = load_kernel_prior(args.kernel_prior) if args.method == "blind-dps" else None
     names = sorted(f for f in os.listdir(args.images) if f.lower().endswith(".png"))
     names = names[args.first: args.first + args.n_images]
     kernels = levin_kernels(args.kernels)
@@ -61,19 +61,23 @@ def cmd_run(args) -> int:
         g = torch.Generator().manual_seed(100 + ii)
         y = blur(x[None], k)[0] + sigma * torch.randn(x.shape, generator=g, dtype=torch.float64)
         c0, t0 = time.process_time(), time.perf_counter()
-        x_hat, k_hat = deblur_blind_dps(y.float(), sigma, prior=prior, kernel_size=33, steps=args.steps,
-                                        seed=ii, kernel_prior=kp, reg=args.reg, scale=args.scale,
-                                        progress=not args.quiet)
+        if args.method == "l0":   # same items, for comparison
+            from diffem.peers.l0 import deblur_l0
+            x_hat, k_hat = deblur_l0(y.float(), sigma, 33, progress=False)
+        else:
+            x_hat, k_hat = deblur_blind_dps(y.float(), sigma, prior=prior, kernel_size=33, steps=args.steps,
+                                            seed=ii, kernel_prior=kp, reg=args.reg, scale=args.scale,
+                                            progress=not args.quiet)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         x_hat, k_hat = x_hat.double(), k_hat.double()
-        rows.append(dict(image=name, kernel=kname, steps=args.steps, wall_s=wall, cpu_s=cpu,
+        rows.append(dict(method=args.method, image=name, kernel=kname, steps=args.steps, wall_s=wall, cpu_s=cpu,
                          psnr_blurry=float(psnr(y.clamp(0, 1)[None], x[None])),
                          psnr=float(psnr(x_hat[None], x[None])), psnr_shift=shifted_psnr(x_hat, x),
                          kmse=float(kernel_mse(k_hat, k)), kmse_aligned=float(kernel_mse_aligned(k_hat, k))))
         print(json.dumps(rows[-1]), flush=True)
         if args.save_dir:
             os.makedirs(args.save_dir, exist_ok=True)
-            tmp = os.path.join(args.save_dir, f"{name[:-4]}_{kname}_{args.steps}.npz.tmp.npz")
+            tmp = os.path.join(args.save_dir, f"{args.method}_{name[:-4]}_{kname}_{args.steps}.npz.tmp.npz")
             np.savez(tmp, x_hat=x_hat.numpy(), k_hat=k_hat.numpy(), y=y.numpy())
             os.replace(tmp, tmp[: -len(".tmp.npz")])
     keys = ("psnr_blurry", "psnr", "psnr_shift", "kmse", "kmse_aligned", "wall_s", "cpu_s")
@@ -81,7 +85,7 @@ def cmd_run(args) -> int:
     if args.out:
         tmp = args.out + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"args": vars(args), "rows": rows}, f, indent=1)
+            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "rows": rows}, f, indent=1)
         os.replace(tmp, args.out)
     return 0
 
@@ -180,6 +184,7 @@ def main(argv=None) -> int:
     r.add_argument("--scale", type=float, default=1.0)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--method", choices=["blind-dps", "l0"], default="blind-dps")
     r.add_argument("--out", default=None)
     r.add_argument("--save-dir", default=None)
     r.set_defaults(func=cmd_run)
