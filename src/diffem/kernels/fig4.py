@@ -37,8 +37,8 @@ REGULARISERS = ("l1", "l2", "pnp")
 # λ per regulariser and size, chosen by `diffem fig4 --tune` (grid search on held-out images:
 # the last CBSD68 images, which the evaluation does not use). See docs/benchmarks/kernels.md.
 TUNED_LAMBDA = {
-    33: {"l1": 1.0, "l2": 1.0, "pnp": 1.0, "none": 0.0},
-    64: {"l1": 1.0, "l2": 1.0, "pnp": 0.2, "none": 0.0},
+    33: {"l1": 100.0, "l2": 0.1, "pnp": 0.2, "none": 0.0},
+    64: {"l1": 30.0, "l2": 0.1, "pnp": 10.0, "none": 0.0},
 }
 LAMBDA_GRID = {
     "l1": [0.1, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0],
@@ -238,9 +238,9 @@ def update_markdown(path, block: str, tag: str = "fig4"):
 
 
 def run_fig4(images="/work/shared/data/test/CBSD68", sizes=(33, 64), sigmas255=(0, 2.5, 5, 10, 15, 20),
-             n_images=8, n_kernels=4, crop=256, out_png="docs/figures/kernels_fig4.png",
+             n_images=6, n_kernels=3, crop=128, out_png="docs/figures/kernels_fig4.png",
              out_md="docs/benchmarks/kernels.md", tune=False, seed=0, threads=None, denoisers=None,
-             lambdas=None, regularisers=REGULARISERS, progress=True, n_tune_images=2, n_tune_kernels=2):
+             lambdas=None, regularisers=REGULARISERS, progress=True, n_tune_images=1, n_tune_kernels=2):
     """Run the experiment, write the PNG and the markdown table. Returns {size: {"mse", "lam"}}.
 
     ``denoisers``: optional {size: denoiser or weights path} (default: the shipped ones).
