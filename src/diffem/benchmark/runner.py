@@ -236,6 +236,14 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         print("FID skipped: pass --fid-inception (clean-fid inception-2015-12-05.pt TorchScript) to compute it",
               file=sys.stderr)
 
+    if todo and cfg.prior is not None:  # loaded once, before any job (its load time is not in time_s)
+        from diffem.priors import load_prior
+
+        try:
+            prior_obj = load_prior(cfg.prior, device=device)
+        except ImportError as e:
+            raise ValueError(f"prior: {cfg.prior!r} cannot be loaded ({e})") from None
+        prior_obj.eval()
     cache = {}  # image index -> (x_gt_big, kernel)
     seen_warnings = set()
     written, errors = [], []
@@ -275,12 +283,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         opts.setdefault("steps", cfg.steps)
         opts.setdefault("device", device)
         opts.setdefault("progress", False)
-        if cfg.prior is not None:
-            if prior_obj is None:
-                from diffem.priors import load_prior
-
-                prior_obj = load_prior(cfg.prior, device=device)
-                prior_obj.eval()
+        if prior_obj is not None:
             opts.setdefault("prior", prior_obj)
         bar.set_postfix_str(f"{name} σ={s255:g} {spec.label}")
         fn = get_method(spec.name)
