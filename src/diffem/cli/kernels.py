@@ -106,9 +106,9 @@ def register(subparsers) -> None:
     f.add_argument("--sizes", type=int, nargs="+", default=[33, 64])
     f.add_argument("--sigmas", type=float, nargs="+", default=[0, 2.5, 5, 10, 15, 20],
                    help="noise levels in /255 units")
-    f.add_argument("--n-images", type=int, default=8)
-    f.add_argument("--n-kernels", type=int, default=4)
-    f.add_argument("--crop", type=int, default=256, help="square crop size of the test images")
+    f.add_argument("--n-images", type=int, default=6)
+    f.add_argument("--n-kernels", type=int, default=3)
+    f.add_argument("--crop", type=int, default=128, help="square crop size of the test images")
     f.add_argument("--tune", action="store_true", help="re-run the λ grid search instead of the documented values")
     f.add_argument("-o", "--output", default="docs/figures/kernels_fig4.png")
     f.add_argument("--markdown", default="docs/benchmarks/kernels.md",
