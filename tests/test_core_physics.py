@@ -77,6 +77,20 @@ def test_projection_and_recentring():
     assert (recenter(lk) - lk).abs().max() < 1e-4
 
 
+def test_euclidean_simplex_projection_is_the_nearest_point():
+    from diffem.physics import project_simplex_euclidean
+
+    g = torch.Generator().manual_seed(8)
+    v = torch.randn(7, 7, generator=g, dtype=torch.float64) * 0.1
+    p = project_simplex_euclidean(v)
+    assert (p >= 0).all() and abs(float(p.sum()) - 1) < 1e-12
+    # nearer to v than any random point of the simplex, and a fixed point on the simplex
+    for _ in range(200):
+        q = project_simplex(torch.rand(7, 7, generator=g, dtype=torch.float64) ** 4)
+        assert (v - p).norm() <= (v - q).norm() + 1e-12
+    assert torch.allclose(project_simplex_euclidean(p), p, atol=1e-12)
+
+
 def test_noisy_measurement_statistics():
     x = torch.full((1, 3, 64, 64), 0.5)
     y = Blur(delta_kernel(5), sigma=0.1)(x, torch.Generator().manual_seed(0))
@@ -131,6 +145,9 @@ def test_mstep_regularisers_and_pigdm_damping(crop128):
     for reg in ("l2", "l1"):
         est = estimate_kernel(crop128, y, 10 / 255, d, regulariser=reg, lam=1.0)
         assert float(((est - k) ** 2).mean()) < float(((d - k) ** 2).mean()) / 10
+    # the ℓ2 prox is not a no-op: a strong λ spreads the kernel (smaller ‖k‖²)
+    weak, strong = (estimate_kernel(crop128, y, 10 / 255, d, regulariser="l2", lam=lam) for lam in (1e-3, 1e4))
+    assert float((strong**2).sum()) < 0.9 * float((weak**2).sum())
     # A trivial PnP denoiser (identity) equals no regularisation.
     ident = estimate_kernel(crop128, y, 10 / 255, d, regulariser="pnp", denoiser=lambda z, s: z)
     none = estimate_kernel(crop128, y, 10 / 255, d, regulariser="none")

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from diffem.physics import crop_kernel, kernel_to_otf, project_simplex
+from diffem.physics import crop_kernel, kernel_to_otf, project_simplex, project_simplex_euclidean
 
 KernelDenoiser = Callable[[torch.Tensor, float], torch.Tensor]
 REGULARISERS = ("pnp", "l2", "l1", "none")
@@ -56,8 +56,8 @@ def prior_step(z: torch.Tensor, regulariser: str, lam: float, beta: float,
     """Eq. 23 / 25: the proximal step of λΦ with weight β, then projection."""
     if regulariser == "none" or lam == 0:
         return z
-    if regulariser == "l2":      # Φ = ‖K‖²
-        return project_simplex(beta * z / (2 * lam + beta))
+    if regulariser == "l2":      # Φ = ‖K‖²: exact prox on the simplex (clip-and-rescale would undo the shrink)
+        return project_simplex_euclidean(beta * z / (2 * lam + beta))
     if regulariser == "l1":      # Φ = ‖K‖₁ on k ≥ 0: soft threshold
         return project_simplex((z - lam / beta).clamp_min(0))
     if regulariser == "pnp":     # Eq. 25: K = D_{√(λ/β)}(Z)

@@ -108,6 +108,20 @@ def project_simplex(kernel: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, k / s.clamp_min(1e-30), uniform)
 
 
+def project_simplex_euclidean(kernel: torch.Tensor) -> torch.Tensor:
+    """Euclidean projection of a (k, k) array onto {k ≥ 0, Σk = 1} (sort-based, Duchi et al. 2008).
+
+    Unlike clip-and-rescale it is the exact prox of the simplex indicator, so a scaling of the input
+    (e.g. the ℓ2 prox) changes the result."""
+    v = kernel.reshape(-1)
+    u, _ = torch.sort(v, descending=True)
+    css = torch.cumsum(u, 0) - 1
+    idx = torch.arange(1, len(u) + 1, dtype=v.dtype, device=v.device)
+    rho = int(torch.nonzero(u - css / idx > 0)[-1])
+    theta = css[rho] / (rho + 1)
+    return (v - theta).clamp_min(0).reshape(kernel.shape)
+
+
 def delta_kernel(size: int, dtype=torch.float32, device=None) -> torch.Tensor:
     """A centred Dirac: 1 at (⌊k/2⌋, ⌊k/2⌋)."""
     k = torch.zeros(size, size, dtype=dtype, device=device)
