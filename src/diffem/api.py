@@ -56,18 +56,12 @@ def _check_sigma(sigma) -> float:
     return s
 
 
-def _prepare_measurement(y, channels: int, device: torch.device) -> tuple[torch.Tensor, bool]:
-    """Returns y as (1, channels, H, W) float32 on device (a copy) and whether it was grayscale.
-
-    Grayscale input, (H, W) or (1, H, W), is replicated to the prior's channels and the output is
-    averaged back to one channel.
-    """
+def as_chw(y) -> torch.Tensor:
+    """One image as (C, H, W): accepts (H, W), (C, H, W), (1, C, H, W), tensors or numpy arrays."""
     if isinstance(y, np.ndarray):
         y = torch.from_numpy(np.ascontiguousarray(y))
     if not isinstance(y, torch.Tensor):
         raise ValueError(f"y: expected a torch tensor or numpy array, got {type(y).__name__}")
-    if not y.is_floating_point():
-        raise ValueError(f"y: expected a floating-point image in [0, 1], got dtype {y.dtype}")
     if y.dim() == 4:
         if y.shape[0] != 1:
             raise ValueError(f"y: one image at a time, got a batch of {y.shape[0]}")
@@ -76,6 +70,18 @@ def _prepare_measurement(y, channels: int, device: torch.device) -> tuple[torch.
         y = y[None]
     if y.dim() != 3:
         raise ValueError(f"y: expected (H,W), (C,H,W) or (1,C,H,W), got shape {tuple(y.shape)}")
+    return y
+
+
+def prepare_measurement(y, channels: int, device: torch.device) -> tuple[torch.Tensor, bool]:
+    """Returns y as (1, channels, H, W) float32 on device (a copy) and whether it was grayscale.
+
+    Grayscale input, (H, W) or (1, H, W), is replicated to the prior's channels and the output is
+    averaged back to one channel.
+    """
+    y = as_chw(y)
+    if not y.is_floating_point():
+        raise ValueError(f"y: expected a floating-point image in [0, 1], got dtype {y.dtype}")
     gray = y.shape[0] == 1 and channels != 1
     if gray:
         y = y.expand(channels, -1, -1)
@@ -96,6 +102,13 @@ def _check_same_device_dtype(name: str, t, y) -> None:
             raise ValueError(f"{name}: on {t.device} but y is on {y.device}")
         if t.dtype != y.dtype:
             raise ValueError(f"{name}: dtype {t.dtype} does not match y's {y.dtype}")
+
+
+def _check_multiple(prior, shape) -> None:
+    m = getattr(prior, "multiple", 1)
+    if shape[0] % m or shape[1] % m:
+        raise ValueError(f"y: this prior needs height and width multiples of {m}, got {shape[0]}x{shape[1]} "
+                         "(diffem.realphoto.deblur_photo / `diffem deblur` pad real photos for you)")
 
 
 def _check_kernel_size(kernel_size, shape) -> int:
@@ -185,8 +198,9 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
     t0 = time.perf_counter()
     p = _load(prior, dev, preset)
     t_load = time.perf_counter() - t0
-    y4, gray = _prepare_measurement(y, p.channels, dev)
+    y4, gray = prepare_measurement(y, p.channels, dev)
     kernel_size = _check_kernel_size(kernel_size, y4.shape[-2:])
+    _check_multiple(p, y4.shape[-2:])
     guidance = method.rsplit("-", 1)[1]
     schedule = Schedule(steps if steps is not None else (100 if guidance == "pigdm" else 1000), T=p.T, betas=p.betas)
     if kernel_init is None:
@@ -239,8 +253,9 @@ def restore(y, kernel, sigma, prior="default", method: str = "pigdm", n_particle
     t0 = time.perf_counter()
     p = _load(prior, dev, preset)
     t_load = time.perf_counter() - t0
-    y4, gray = _prepare_measurement(y, p.channels, dev)
+    y4, gray = prepare_measurement(y, p.channels, dev)
     _check_kernel_size(kernel.shape[0], y4.shape[-2:])
+    _check_multiple(p, y4.shape[-2:])
     schedule = Schedule(steps if steps is not None else (100 if method == "pigdm" else 1000), T=p.T, betas=p.betas)
     physics = Blur(kernel.to(device=dev, dtype=torch.float32).clone(), sigma)
     gen = torch.Generator().manual_seed(int(seed))

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from diffem.perf import configure_cpu
+
+    configure_cpu()  # glibc malloc settings: the biggest CPU win for large tensors
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError, PermissionError) as e:

@@ -10,22 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffem.api import as_chw
 from diffem.physics import delta_kernel, kernel_to_otf
 
 DEFAULT_WIDTHS = tuple(np.round(np.concatenate([[0.0], np.geomspace(0.3, 8.0, 40)]), 4))
-
-
-def _as_chw(y) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.dim() == 4:
-        if y.shape[0] != 1:
-            raise ValueError(f"y: one image at a time, got a batch of {y.shape[0]}")
-        y = y[0]
-    if y.dim() == 2:
-        y = y[None]
-    if y.dim() != 3:
-        raise ValueError(f"y: expected (H,W), (C,H,W) or (1,C,H,W), got shape {tuple(y.shape)}")
-    return y
 
 
 def gaussian_kernel(size: int, width: float, dtype=torch.float64) -> torch.Tensor:
@@ -57,7 +45,7 @@ def normalised_sparsity(x: torch.Tensor) -> float:
 def fit_gaussian_width(y, sigma: float, kernel_size: int, widths=DEFAULT_WIDTHS) -> tuple[float, dict]:
     """Width (std in px) of the isotropic Gaussian that best explains y, by the criterion above.
     Returns (width, {width: score})."""
-    y = _as_chw(y).double().mean(0)
+    y = as_chw(y).double().mean(0)
     reg = max(float(sigma) ** 2, 1e-5) * 50.0   # Wiener weight: noise-to-signal of natural gradients
     scores = {float(w): normalised_sparsity(wiener_gradient(y, gaussian_kernel(kernel_size, w), reg))
               for w in widths}
@@ -67,7 +55,7 @@ def fit_gaussian_width(y, sigma: float, kernel_size: int, widths=DEFAULT_WIDTHS)
 
 def blurry_baseline(y, sigma: float = 0.0, kernel_size: int = 33):
     """The measurement itself (clipped to [0,1]) with a delta kernel."""
-    y = _as_chw(y)
+    y = as_chw(y)
     return y.float().clamp(0, 1), delta_kernel(kernel_size)
 
 
@@ -78,6 +66,6 @@ def gauss_pigdm(y, sigma: float, kernel_size: int = 33, prior="default", steps=1
     from diffem.api import restore
     width, _ = fit_gaussian_width(y, sigma, kernel_size, widths)
     k = gaussian_kernel(kernel_size, width, dtype=torch.float32)
-    res = restore(_as_chw(y).float(), k, sigma, prior=prior, method="pigdm", steps=steps, seed=seed,
+    res = restore(as_chw(y).float(), k, sigma, prior=prior, method="pigdm", steps=steps, seed=seed,
                   progress=progress, device=device, **options)
     return res.image, k, width

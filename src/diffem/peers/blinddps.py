@@ -22,29 +22,8 @@ from tqdm.auto import tqdm
 
 from diffem.peers.kernel_diffusion import KERNEL_SIZE, PAD_SIZE, center_crop_or_pad, crop_net, load_kernel_prior
 from diffem.physics import blur
+from diffem.api import prepare_measurement
 from diffem.schedule import Schedule
-
-
-def _prepare(y, channels: int) -> tuple[torch.Tensor, bool]:
-    y = torch.as_tensor(y)
-    if not y.is_floating_point():
-        raise ValueError(f"y: expected a floating-point image in [0, 1], got dtype {y.dtype}")
-    if y.dim() == 4:
-        if y.shape[0] != 1:
-            raise ValueError(f"y: one image at a time, got a batch of {y.shape[0]}")
-        y = y[0]
-    if y.dim() == 2:
-        y = y[None]
-    if y.dim() != 3:
-        raise ValueError(f"y: expected (H,W), (C,H,W) or (1,C,H,W), got shape {tuple(y.shape)}")
-    gray = y.shape[0] == 1 and channels != 1
-    if gray:
-        y = y.expand(channels, -1, -1)
-    if y.shape[0] != channels:
-        raise ValueError(f"y: the prior needs {channels} channels (or 1), got {y.shape[0]}")
-    if not torch.isfinite(y).all():
-        raise ValueError("y: contains NaN or infinite values")
-    return y.float().clone()[None], gray
 
 
 def _kernel_from_z0(z0: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,8 +62,7 @@ def deblur_blind_dps(y, sigma: float = 0.0, prior="default", kernel_size: int = 
         net.eval()
         for q in net.parameters():
             q.requires_grad_(False)
-    y4, gray = _prepare(y, p.channels)
-    y4 = y4.to(dev)
+    y4, gray = prepare_measurement(y, p.channels, dev)
     H, W = y4.shape[-2:]
     if kernel_size > min(H, W):
         raise ValueError(f"kernel_size: {kernel_size} is larger than the image {H}x{W}")

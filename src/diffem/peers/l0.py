@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from diffem.api import as_chw
 from diffem.physics import crop_kernel, kernel_to_otf
 
 DEFAULTS = dict(lam=4e-3, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iterations=5, scale_factor=0.5,
@@ -32,19 +33,6 @@ DEFAULTS = dict(lam=4e-3, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iteration
 
 
 # --- small helpers ----------------------------------------------------------------------------
-def _as_chw(y) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.dim() == 2:
-        y = y[None]
-    elif y.dim() == 4:
-        if y.shape[0] != 1:
-            raise ValueError(f"y: expected a single image, got a batch of {y.shape[0]}")
-        y = y[0]
-    if y.dim() != 3:
-        raise ValueError(f"y: expected (H,W), (C,H,W) or (1,C,H,W), got shape {tuple(y.shape)}")
-    return y.to(torch.float64)
-
-
 def _dx(u):
     return torch.roll(u, -1, dims=-1) - u
 
@@ -244,7 +232,7 @@ def deblur_l0(y, sigma: float = 0.0, kernel_size: int = 33, *, high_noise: bool 
     3000 (IPOL's value) capped at 0.25/σ².
     Returns (image (C,H,W) float32 in [0,1], kernel (k,k) float32, ≥0, sum 1).
     """
-    y = _as_chw(y)
+    y = as_chw(y).to(torch.float64)
     if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size: expected an odd integer ≥ 3, got {kernel_size!r}")
     if kernel_size > min(y.shape[-2:]):
