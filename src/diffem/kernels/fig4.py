@@ -20,7 +20,6 @@ import datetime
 import math
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from diffem.kernels.generators import HandShakeGenerator, MixtureGenerator, MotionBlurGenerator
+from diffem.kernels.plot import save_figure
 from diffem.mstep import estimate_kernel
 from diffem.physics import blur, delta_kernel
 
@@ -171,17 +171,7 @@ def plot_fig4(results: dict, sigmas255, path):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=os.path.dirname(os.path.abspath(path)))
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path, dpi=110)
 
 
 def markdown_table(results: dict, sigmas255, meta: dict) -> str:

@@ -39,13 +39,20 @@ def save_kernel_grid(kernels, path, ncols: int | None = None, title: str | None 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def save_figure(fig, path, dpi: int = 100) -> str:
+    """Write a matplotlib figure as PNG atomically (temp file in the same folder, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
     finally:
         plt.close(fig)
