@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffem.api import as_chw
+
 SIGMA_MIN = 1.0 / 255  # floor: 8-bit quantisation, JPEG and model errors; the samplers need σ > 0
 SIGMA_MAX = 0.3
 
@@ -25,16 +27,7 @@ def _as_chw(y) -> torch.Tensor:
     if isinstance(y, np.ndarray):
         a = y[..., None] if y.ndim == 2 else y
         return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).double()
-    t = torch.as_tensor(y).double()
-    if t.dim() == 4:
-        if t.shape[0] != 1:
-            raise ValueError(f"y: expected one image, got a batch of {t.shape[0]}")
-        t = t[0]
-    if t.dim() == 2:
-        t = t[None]
-    if t.dim() != 3:
-        raise ValueError(f"y: expected (C,H,W), got shape {tuple(t.shape)}")
-    return t
+    return as_chw(torch.as_tensor(y)).double()
 
 
 def _unsaturated_blocks(y: torch.Tensor, block: int, low=0.005, high=0.995) -> torch.Tensor:
