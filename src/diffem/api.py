@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from diffem.physics import Blur, delta_kernel
-from diffem.priors import PRIOR_NAMES, Prior, load_prior
+from diffem.priors import Prior, load_prior
 from diffem.samplers import KernelMStep, diffusion_em, fast_diffusion_em, posterior_sample
 from diffem.schedule import Schedule
 
@@ -128,10 +128,6 @@ def _check_positive_int(name: str, value) -> int:
 
 
 def _load(prior, device, preset=None) -> Prior:
-    if isinstance(prior, str) and prior not in PRIOR_NAMES and not prior.endswith((".pt", ".pth", ".safetensors")):
-        import os
-        if not os.path.exists(prior):
-            raise ValueError(f"prior: unknown prior name or missing file {prior!r} (names: {', '.join(PRIOR_NAMES)})")
     p = load_prior(prior, preset=preset, device=device)
     p.eval()
     for q in p.parameters():
