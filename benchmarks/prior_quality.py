@@ -42,8 +42,8 @@ def load_crops(folder: str, n: int, crop: int) -> list[tuple[str, np.ndarray]]:
             h, w = x.shape[:2]
             top, left = (h - crop) // 2, (w - crop) // 2
             x = x[top:top + crop, left:left + crop]
-        else:  # full image cropped down to a multiple of 8 (the default prior's size constraint)
-            x = x[: x.shape[0] // 8 * 8, : x.shape[1] // 8 * 8]
+        else:  # full image cropped down to a multiple of 32 (fits every prior's size constraint)
+            x = x[: x.shape[0] // 32 * 32, : x.shape[1] // 32 * 32]
         out.append((name, x))
     return out
 

@@ -6,7 +6,7 @@ excluded, then the median of ``--runs`` timed calls is reported together with th
 process got (CPU-seconds per wall-second; below ~1.8 on 2 threads means something else competed)
 and the CPU-seconds per call (robust to competition: on an idle machine wall ≈ CPU / threads).
 
-    python benchmarks/prior_speed.py --sizes 256,512 --threads 2 --runs 5
+    python benchmarks/prior_speed.py --sizes 256,512 --threads 2 --runs 5 --fast-em-runs 3
 """
 from __future__ import annotations
 
@@ -57,6 +57,36 @@ def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, mal
             "cpu_share": sorted(shares)[len(shares) // 2], "cpu_s": sorted(cpus)[len(cpus) // 2]}
 
 
+def measure_fast_em(prior_name: str, size: int, threads: int, runs: int, malloc: bool) -> dict:
+    """Wall time of whole ``diffem.deblur`` runs: Fast EM ΠGDM, 100 steps, 1 particle, 33×33 kernel,
+    on a size×size image (the bundled CBSD68 crop, resized), motion blur, σ = 10/255."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from diffem.perf import configure_cpu
+    configure_cpu(threads=threads, malloc=malloc)
+    import diffem
+    from diffem.kernels import MotionBlurGenerator
+    from diffem.physics import Blur
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    img = Image.open(os.path.join(here, "..", "tests", "data", "core_cbsd68_crop128.png")).convert("RGB")
+    x = torch.from_numpy(np.asarray(img.resize((size, size), Image.BICUBIC), dtype=np.float32) / 255)
+    x = x.permute(2, 0, 1)[None]
+    k = MotionBlurGenerator(33).step(1, seed=0)[0]
+    y = Blur(k, 10 / 255)(x, torch.Generator().manual_seed(0))
+    prior = diffem.load_prior(prior_name)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        diffem.deblur(y, 10 / 255, prior=prior, method="fast-em-pigdm", steps=100, progress=False)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"size": size, "threads": threads, "fast_em_runs": runs, "median_s": times[len(times) // 2],
+            "min_s": times[0], "max_s": times[-1]}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prior", default="default")
@@ -66,12 +96,15 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="fp32,bf16", help="fp32 and/or bf16 (= bf16 autocast + channels_last)")
     p.add_argument("--no-malloc", action="store_true", help="leave glibc malloc settings alone")
     p.add_argument("--bf16-runs", type=int, default=None, help="fewer runs for bf16 where it is emulated (slow)")
+    p.add_argument("--fast-em-runs", type=int, default=0,
+                   help="also time this many whole 100-step Fast EM ΠGDM runs (n = 1) at the first size")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(measure(**spec)))
+        fn = measure_fast_em if spec.pop("fast_em", False) else measure
+        print(json.dumps(fn(**spec)))
         return 0
 
     rows = []
@@ -89,6 +122,18 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
 
+    fast_em = None
+    if args.fast_em_runs:
+        spec = dict(fast_em=True, prior_name=args.prior, size=int(args.sizes.split(",")[0]), threads=args.threads,
+                    runs=args.fast_em_runs, malloc=not args.no_malloc)
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                             capture_output=True, text=True)
+        if out.returncode:
+            print(out.stderr, file=sys.stderr)
+            return out.returncode
+        fast_em = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps(fast_em), file=sys.stderr)
+
     from diffem.perf import bf16_supported
     print(f"\nprior {args.prior}, batch 1, fwd+VJP w.r.t. x, {args.threads} threads, "
           f"glibc malloc tuning {'off' if args.no_malloc else 'on'}, native bf16: {bf16_supported()}\n")
@@ -98,6 +143,10 @@ def main(argv=None) -> int:
         mode = "bf16 + channels_last" if r["bf16_cl"] else "fp32"
         print(f"| {r['size']} | {mode} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | {r['runs']} | "
               f"{r['cpu_share']:.2f} | {r['cpu_s']:.3f} | {100 * r['median_s']:.0f} |")
+    if fast_em:
+        print(f"\nWhole Fast EM ΠGDM runs (100 steps, n = 1, {fast_em['size']}², {fast_em['threads']} threads): "
+              f"median {fast_em['median_s']:.1f} s (min {fast_em['min_s']:.1f}, max {fast_em['max_s']:.1f}, "
+              f"{fast_em['fast_em_runs']} runs)")
     return 0
 
 

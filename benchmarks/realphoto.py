@@ -109,9 +109,10 @@ def bench_boundary(args):
             rc = diffem.deblur(y_circ[0], s, **kw)
             res.setdefault(f"blind {args.prior} {args.steps} steps, circular data, diffem.deblur", []).append(
                 _psnr(rc.image[None], truth))
-            rv = deblur_photo(y_valid[0], sigma=s, window=max(S_, 64), **kw)
-            res.setdefault(f"blind {args.prior} {args.steps} steps, valid data, deblur_photo", []).append(
-                _psnr(rv.image[None], truth))
+            for bd in ("valid", "periodic"):
+                rv = deblur_photo(y_valid[0], sigma=s, window=max(S_, 64), boundary=bd, **kw)
+                res.setdefault(f"blind {args.prior} {args.steps} steps, valid data, deblur_photo boundary={bd}",
+                               []).append(_psnr(rv.image[None], truth))
             rn = diffem.deblur(y_valid[0], s, **kw)
             res.setdefault(f"blind {args.prior} {args.steps} steps, valid data, no padding", []).append(
                 _psnr(rn.image[None], truth))

@@ -77,6 +77,28 @@ def test_overrides_and_bad_flag():
         make_config("ffhq512")
 
 
+def test_pixel_unshuffle_runs_the_unet_on_subimages():
+    """pixel_unshuffle=2 (diffem flag): the UNet body is the r=1 UNet on 4·C-channel half-size
+    sub-images, wrapped by pixel_unshuffle / pixel_shuffle; size multiple becomes r·2^(levels−1)."""
+    kw = dict(num_channels=32, channel_mult="1,2", learn_sigma=False, attention_resolutions="",
+              middle_attention=False, resblock_updown=False, conv_resample=False)
+    torch.manual_seed(0)
+    net = ADMUNet(make_config(pixel_unshuffle=2, **kw))
+    body = ADMUNet(make_config(in_channels=12, **kw))
+    body.load_state_dict(net.state_dict())
+    for p in list(net.parameters()) + list(body.parameters()):   # the output conv starts at zero
+        torch.nn.init.normal_(p, std=0.05)
+    body.load_state_dict(net.state_dict())
+    assert net.multiple == 4 and net.config.multiple == 4
+    x, t = torch.randn(2, 3, 12, 16), torch.tensor([3, 700])
+    with torch.no_grad():
+        out = net(x, t)
+        ref = torch.nn.functional.pixel_shuffle(body(torch.nn.functional.pixel_unshuffle(x, 2), t), 2)
+    assert out.shape == x.shape and torch.allclose(out, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.zeros(1, 3, 12, 14), t[:1])
+
+
 def test_pt_roundtrip_and_conversion(tmp_path, tiny):
     net, sd, m = tiny
     pt = tmp_path / "tiny.pt"

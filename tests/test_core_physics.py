@@ -10,7 +10,7 @@ import torch
 from conftest import levin_kernel
 from diffem.mstep import estimate_kernel
 from diffem.physics import (Blur, blur, blur_adjoint, blur_valid, center_of_mass, crop_kernel, delta_kernel,
-                            kernel_to_otf, project_simplex, recenter)
+                            kernel_to_otf, project_simplex, recenter, valid_canvas)
 from diffem.schedule import Schedule, space_timesteps
 
 DATA = Path(__file__).parent / "data"
@@ -43,6 +43,49 @@ def test_blur_valid_matches_circular_interior():
     v = blur_valid(x, k)
     assert v.shape[-2:] == (26, 26)
     assert torch.allclose(v, blur(x, k)[..., 2:-2, 2:-2], atol=1e-12)
+
+
+def test_valid_canvas_makes_the_circular_model_exact_on_observed_pixels():
+    """A 'valid'-blurred y on its canvas: the circular blur of the scene placed on the canvas equals y
+    on every observed pixel (no wrap-around reaches them), and impute() keeps y there, A(x) elsewhere."""
+    g = torch.Generator().manual_seed(3)
+    k = torch.rand(7, 7, generator=g, dtype=torch.float64)
+    k /= k.sum()
+    scene = torch.rand(1, 3, 41, 52, generator=g, dtype=torch.float64)
+    y = blur_valid(scene, k)                                        # (35, 46)
+    canvas, mask, (top, left, h, w) = valid_canvas(y, 7, multiple=8)
+    assert canvas.shape[-2:] == (48, 56) and (h, w) == (35, 46) and top >= 3 and left >= 3
+    assert canvas.shape[-2] - top - h >= 3 and canvas.shape[-1] - left - w >= 3
+    assert torch.equal(canvas[..., top:top + h, left:left + w], y) and int(mask.sum()) == h * w
+    x = torch.rand(1, 3, 48, 56, generator=g, dtype=torch.float64)
+    x[..., top - 3:top - 3 + 41, left - 3:left - 3 + 52] = scene     # the rest of the canvas: anything
+    physics = Blur(k, mask=mask)
+    assert torch.allclose(physics.A(x)[..., top:top + h, left:left + w], y, atol=1e-12)
+    imputed = physics.impute(canvas, x)
+    assert torch.equal(imputed[mask.expand_as(imputed)], canvas[mask.expand_as(canvas)])
+    assert torch.equal(imputed[~mask.expand_as(imputed)], physics.A(x)[~mask.expand_as(imputed)])
+    assert Blur(k).impute(canvas, x) is canvas
+
+
+def test_mstep_with_boundary_mask_recovers_kernel_from_valid_data(crop128):
+    """Valid-blurred data: iterating M-step + imputation (EM for the unobserved margin) recovers the
+    kernel to the circular-data accuracy (≤ 2e-5) and better than the circular model on the same
+    replicate-padded canvas. Measured (Levin 4, 8 iterations): masked 6.3e-6, circular 1.2e-5
+    (Levin 1: 1.2e-5 vs 1.6e-5; Levin 7: 1.4e-5 vs 2.1e-5)."""
+    k = levin_kernel(4)
+    sigma = 5 / 255
+    y = blur_valid(crop128, k) + sigma * torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    canvas, mask, box = valid_canvas(y, 33)                          # multiple 1: the canvas is the 128² scene
+    assert box == (16, 16, 96, 96)
+    est = {}
+    for name, m in (("masked", mask), ("circular", None)):
+        physics = Blur(delta_kernel(33), sigma, mask=m)
+        for _ in range(8):
+            physics.update(kernel=estimate_kernel(crop128, physics.impute(canvas, crop128), sigma, physics.kernel,
+                                                  regulariser="none", lam=0))
+        est[name] = float(((physics.kernel - k) ** 2).mean())
+    assert est["masked"] <= 2e-5, est
+    assert est["masked"] < 0.7 * est["circular"], est
 
 
 def test_delta_kernel_is_identity_and_otf_roundtrip():

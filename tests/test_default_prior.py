@@ -22,19 +22,19 @@ def image():
 
 
 @needs_weights
-def test_default_prior_loads_and_applies_to_any_multiple_of_8():
+def test_default_prior_loads_and_applies_to_any_multiple_of_16():
     prior = load_prior("default")
     assert isinstance(prior, Prior) and prior.channels == 3 and prior.T == 1000
     cfg = prior.network.config
     assert not cfg.learn_sigma and cfg.attention_ds() == () and not cfg.middle_attention
-    assert prior.multiple == 8
+    assert prior.multiple == cfg.pixel_unshuffle * 2 ** (len(cfg.resolved_channel_mult()) - 1) == 16
     n = sum(p.numel() for p in prior.network.parameters())
-    assert 1e6 < n < 5e6  # small: ~1.8 M parameters, < 30 MB on disk
+    assert 1e6 < n < 7e6  # small: ~4.4 M parameters, < 30 MB on disk
     assert os.path.getsize(WEIGHTS_PATH) < 30e6
-    x = torch.zeros(2, 3, 24, 40)
+    x = torch.zeros(2, 3, 32, 48)
     with torch.no_grad():
         e = prior.eps(x, torch.tensor([10, 900]))
-    assert e.shape == (2, 3, 24, 40) and torch.isfinite(e).all()
+    assert e.shape == (2, 3, 32, 48) and torch.isfinite(e).all()
 
 
 @needs_weights
@@ -90,6 +90,8 @@ def test_train_resume_equals_uninterrupted_run_and_exports(tmp_path, restore_thr
     r = train(cfg(tmp_path / "a", 4), adm_overrides=small, progress=False)
     assert r["step"] == 4
     train(cfg(tmp_path / "b", 2), adm_overrides=small, progress=False)
+    with open(tmp_path / "b" / "loss.csv", "a") as f:   # a row logged after the last checkpoint, then killed
+        f.write("3,0.5,0.5,1e-3,1.0\n")
     r = train(cfg(tmp_path / "b", 4), progress=False)  # resumes from step 2
     assert r["step"] == 4
     from diffem.priors.adm import read_state_dict
@@ -98,7 +100,8 @@ def test_train_resume_equals_uninterrupted_run_and_exports(tmp_path, restore_thr
         sb, _ = read_state_dict(tmp_path / "b" / name)
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     lines = (tmp_path / "b" / "loss.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("step,loss") and len(lines) == 5
+    assert lines[0].startswith("step,loss") and [int(r.split(",")[0]) for r in lines[1:]] == [1, 2, 3, 4]
+    assert export_ema(str(tmp_path / "b"), str(tmp_path / "b.safetensors"))["resumed"][0]["at_step"] == 2
     # the model moved away from its initialisation and the export loads as a default-style prior
     out = tmp_path / "exp.safetensors"
     info = export_ema(str(tmp_path / "a"), str(out))
@@ -109,11 +112,19 @@ def test_train_resume_equals_uninterrupted_run_and_exports(tmp_path, restore_thr
         export_ema(str(tmp_path / "a"), str(tmp_path / "a" / "ema.safetensors"))
 
 
+def test_learning_rate_schedule():
+    c = TrainConfig(lr=1e-3, warmup=10, steps=110, decay_start=10)
+    assert c.lr_at(0) == pytest.approx(1e-4) and c.lr_at(9) == pytest.approx(1e-3)
+    assert c.lr_at(60) == pytest.approx(0.5e-3) and c.lr_at(110) == pytest.approx(0.0, abs=1e-12)
+    assert TrainConfig(lr=1e-3, warmup=10, steps=110).lr_at(100) == pytest.approx(1e-3)
+
+
 def test_train_prior_cli_errors(tmp_path):
     from diffem.cli import main
     assert main(["train-prior", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
     assert main(["train-prior", "--out", str(tmp_path / "r"), "--export-only"]) == 2
     assert main(["train-prior", "--out", str(tmp_path / "r"), "--steps", "0"]) == 2
+    assert main(["train-prior", "--out", str(tmp_path / "r"), "--steps", "5", "--decay-start", "5"]) == 2
 
 
 def test_configure_cpu_is_safe_to_repeat():

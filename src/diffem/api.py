@@ -9,13 +9,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from diffem.physics import Blur, delta_kernel
+from diffem.physics import Blur, delta_kernel, valid_canvas
 from diffem.priors import Prior, load_prior
 from diffem.samplers import KernelMStep, diffusion_em, fast_diffusion_em, posterior_sample
 from diffem.schedule import Schedule
 
 BLIND_METHODS = ("fast-em-pigdm", "fast-em-dps", "em-pigdm", "em-dps")
 NONBLIND_METHODS = ("pigdm", "dps")
+# circular: y = k ⊛ x with wrap-around (the paper's synthetic protocol; H, W multiples of prior.multiple).
+# valid: y is the valid part of k ⊛ x for a larger scene (real photos): any size, no wrap-around.
+BOUNDARIES = ("circular", "valid")
 
 
 @dataclass
@@ -108,7 +111,29 @@ def _check_multiple(prior, shape) -> None:
     m = getattr(prior, "multiple", 1)
     if shape[0] % m or shape[1] % m:
         raise ValueError(f"y: this prior needs height and width multiples of {m}, got {shape[0]}x{shape[1]} "
-                         "(diffem.realphoto.deblur_photo / `diffem deblur` pad real photos for you)")
+                         "(or use boundary='valid', which pads; `diffem deblur` does it for you)")
+
+
+def _check_boundary(boundary) -> str:
+    if boundary not in BOUNDARIES:
+        raise ValueError(f"boundary: expected one of {BOUNDARIES}, got {boundary!r}")
+    return boundary
+
+
+def _physics_for(y4, kernel, sigma, boundary: str, prior) -> tuple[Blur, torch.Tensor, tuple | None]:
+    """The measurement operator, y on the sampler's grid, and the box to crop results back to (or None)."""
+    if boundary == "circular":
+        _check_multiple(prior, y4.shape[-2:])
+        return Blur(kernel, sigma), y4, None
+    canvas, mask, box = valid_canvas(y4, kernel.shape[-1], getattr(prior, "multiple", 1))
+    return Blur(kernel, sigma, mask=mask), canvas, box
+
+
+def _crop(x: torch.Tensor, box: tuple | None) -> torch.Tensor:
+    if box is None:
+        return x
+    top, left, h, w = box
+    return x[..., top:top + h, left:left + w]
 
 
 def _check_kernel_size(kernel_size, shape) -> int:
@@ -174,11 +199,14 @@ def _sampler_options(options: dict) -> dict:
 def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size: int = 33, n_particles: int = 1,
            steps: int | str | None = None, seed: int = 0, device="auto", progress: bool = True,
            kernel_init: torch.Tensor | None = None, kernel_prior: str = "auto", lam: float | None = None,
-           n_em: int = 10, record_kernels: bool = False, preset: str | None = None, **options) -> Result:
+           n_em: int = 10, record_kernels: bool = False, preset: str | None = None, boundary: str = "circular",
+           **options) -> Result:
     """Blind deblurring: estimate the sharp image and the blur kernel from y = k ⊛ x + n.
 
     y: (C,H,W), (1,C,H,W) or grayscale (H,W)/(1,H,W), float on [0,1] (unclipped noise is fine).
     sigma: noise std on [0,1]. method: fast-em-pigdm | fast-em-dps | em-pigdm | em-dps.
+    boundary: 'circular' (synthetic protocol, H and W multiples of ``prior.multiple``) or 'valid'
+    (a real photo: no wrap-around, any size; the scene beyond y's border is sampled, not observed).
     steps: diffusion steps (default 100 for ΠGDM, 1000 for DPS, as the authors). kernel_prior:
     auto (PnP when a denoiser is shipped for the size, else ℓ2) | pnp | l2 | l1 | none.
     Other options go to the M-step (``KernelMStep`` fields) or the DPS guidance (dps_scale).
@@ -188,6 +216,7 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
     sigma = _check_sigma(sigma)
     n_particles = _check_positive_int("n_particles", n_particles)
     n_em = _check_positive_int("n_em", n_em)
+    boundary = _check_boundary(boundary)
     dev = resolve_device(device)
     if kernel_init is not None:
         _check_same_device_dtype("kernel_init", kernel_init, y)
@@ -196,7 +225,6 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
     t_load = time.perf_counter() - t0
     y4, gray = prepare_measurement(y, p.channels, dev)
     kernel_size = _check_kernel_size(kernel_size, y4.shape[-2:])
-    _check_multiple(p, y4.shape[-2:])
     guidance = method.rsplit("-", 1)[1]
     schedule = Schedule(steps if steps is not None else (100 if guidance == "pigdm" else 1000), T=p.T, betas=p.betas)
     if kernel_init is None:
@@ -209,7 +237,7 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
         k0 = kernel_init.to(device=dev, dtype=torch.float32) / float(kernel_init.sum())
     mstep = _mstep_for(kernel_size, dev, kernel_prior, lam, options)
     opts = _sampler_options(options)
-    physics = Blur(k0, sigma)
+    physics, y4, box = _physics_for(y4, k0, sigma, boundary, p)
     gen = torch.Generator().manual_seed(int(seed))
     kernels = [] if record_kernels else None
     callback = (lambda d: kernels.append(d["kernel"].detach().cpu().clone())) if record_kernels else None
@@ -221,21 +249,23 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
         samples, k = diffusion_em(p, y4, physics, schedule, mstep=mstep, n_em=n_em, guidance=guidance,
                                   n=n_particles, generator=gen, callback=callback, disable=not progress, **opts)
     t_run = time.perf_counter() - t1
+    samples = _crop(samples, box)
     if gray:
         samples = samples.mean(1, keepdim=True)
     return Result(image=samples[0], kernel=k, samples=samples, kernels=kernels,
                   timings={"load_prior_s": t_load, "run_s": t_run, "per_step_s": t_run / (len(schedule) * (n_em if method.startswith("em") else 1))},
                   info={"method": method, "steps": len(schedule), "n_particles": n_particles, "sigma": sigma,
-                        "kernel_prior": mstep.regulariser, "lam": mstep.lam, "prior": getattr(p, "name", "prior")})
+                        "boundary": boundary, "kernel_prior": mstep.regulariser, "lam": mstep.lam, "prior": getattr(p, "name", "prior")})
 
 
 def restore(y, kernel, sigma, prior="default", method: str = "pigdm", n_particles: int = 1,
             steps: int | str | None = None, seed: int = 0, device="auto", progress: bool = True,
-            preset: str | None = None, **options) -> Result:
-    """Non-blind restoration with a known kernel (Algorithm 1): method pigdm | dps."""
+            preset: str | None = None, boundary: str = "circular", **options) -> Result:
+    """Non-blind restoration with a known kernel (Algorithm 1): method pigdm | dps; boundary as in ``deblur``."""
     if method not in NONBLIND_METHODS:
         raise ValueError(f"method: expected one of {NONBLIND_METHODS}, got {method!r}")
     sigma = _check_sigma(sigma)
+    boundary = _check_boundary(boundary)
     n_particles = _check_positive_int("n_particles", n_particles)
     dev = resolve_device(device)
     if isinstance(kernel, np.ndarray):  # numpy kernels adopt y's dtype and device
@@ -251,16 +281,17 @@ def restore(y, kernel, sigma, prior="default", method: str = "pigdm", n_particle
     t_load = time.perf_counter() - t0
     y4, gray = prepare_measurement(y, p.channels, dev)
     _check_kernel_size(kernel.shape[0], y4.shape[-2:])
-    _check_multiple(p, y4.shape[-2:])
     schedule = Schedule(steps if steps is not None else (100 if method == "pigdm" else 1000), T=p.T, betas=p.betas)
-    physics = Blur(kernel.to(device=dev, dtype=torch.float32).clone(), sigma)
+    physics, y4, box = _physics_for(y4, kernel.to(device=dev, dtype=torch.float32).clone(), sigma, boundary, p)
     gen = torch.Generator().manual_seed(int(seed))
     t1 = time.perf_counter()
     samples, k = posterior_sample(p, y4, physics, schedule, guidance=method, n=n_particles, generator=gen,
                                   disable=not progress, **_sampler_options(options))
     t_run = time.perf_counter() - t1
+    samples = _crop(samples, box)
     if gray:
         samples = samples.mean(1, keepdim=True)
     return Result(image=samples[0], kernel=k, samples=samples,
                   timings={"load_prior_s": t_load, "run_s": t_run, "per_step_s": t_run / len(schedule)},
-                  info={"method": method, "steps": len(schedule), "n_particles": n_particles, "sigma": sigma})
+                  info={"method": method, "steps": len(schedule), "n_particles": n_particles, "sigma": sigma,
+                        "boundary": boundary})

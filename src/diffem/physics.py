@@ -61,11 +61,15 @@ class Blur:
     """Circular-blur physics in deepinv's shape: ``A``, ``A_adjoint``, ``update(kernel=...)``, ``physics(x)``.
 
     ``kernel``: (k,k) shared by the batch or (B,k,k) one per image. ``sigma``: Gaussian noise std.
+    ``mask``: optional boolean (1,1,H,W), True where y was observed. Real photos are a *valid*
+    (non-circular) blur of a larger scene: put y on a larger canvas (``valid_canvas``) and mark
+    the margin unobserved; the circular model is then exact on the observed pixels.
     """
 
-    def __init__(self, kernel: torch.Tensor, sigma: float = 0.0):
+    def __init__(self, kernel: torch.Tensor, sigma: float = 0.0, mask: torch.Tensor | None = None):
         self.kernel = kernel
         self.sigma = float(sigma)
+        self.mask = mask
 
     def update(self, kernel: torch.Tensor | None = None, sigma: float | None = None) -> "Blur":
         if kernel is not None:
@@ -80,12 +84,38 @@ class Blur:
     def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return blur_adjoint(y, self.kernel)
 
+    def impute(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y where observed, A(x) elsewhere: the E-step for the pixels the camera did not record.
+        The residual y − A(x) then vanishes off the mask, so guidance and M-step only fit observed
+        pixels, with their closed-form circular solvers unchanged."""
+        if self.mask is None:
+            return y
+        return torch.where(self.mask, y, self.A(x).to(y.dtype))
+
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Noisy measurement A(x) + σ n, unclipped (the paper's protocol)."""
         y = self.A(x)
         if self.sigma > 0:
             y = y + self.sigma * torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
         return y
+
+
+def valid_canvas(y: torch.Tensor, ksize: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """Put a 'valid'-blurred y (B,C,H,W) on a canvas with a margin of at least ⌊k/2⌋ on every side
+    (sizes rounded up to ``multiple``), the margin filled by edge replication (a start value only).
+
+    Returns (canvas, mask, box): mask (1,1,H',W') True on y's pixels, box = (top, left, H, W) to
+    crop results back. With this margin no wrap-around reaches the observed pixels.
+    """
+    H, W = y.shape[-2:]
+    r = ksize // 2
+    Hc = -(-(H + 2 * r) // multiple) * multiple
+    Wc = -(-(W + 2 * r) // multiple) * multiple
+    top, left = (Hc - H) // 2, (Wc - W) // 2
+    canvas = F.pad(y, (left, Wc - W - left, top, Hc - H - top), mode="replicate")
+    mask = torch.zeros((1, 1, Hc, Wc), dtype=torch.bool, device=y.device)
+    mask[..., top:top + H, left:left + W] = True
+    return canvas, mask, (top, left, H, W)
 
 
 def blur_valid(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

@@ -81,11 +81,13 @@ def posterior_sample(prior: Prior, y: torch.Tensor, physics: Blur, schedule: Sch
             x0_01 = x0_01.clamp(0, 1) if clip else x0_01
             r2 = pigdm_r2(schedule, i) if guidance == "pigdm" else 0.0
             if mstep is not None and mstep.active(it):                 # Alg. 2: H_{t−1} = M-step(y, x̂0, σ)
-                physics.update(kernel=mstep(x0_01.detach(), y, physics.sigma, physics.kernel, r2=r2))
+                y_k = physics.impute(y, x0_01.detach())                # (y itself unless a boundary mask)
+                physics.update(kernel=mstep(x0_01.detach(), y_k, physics.sigma, physics.kernel, r2=r2))
+            y_k = physics.impute(y, x0_01.detach())
             if guidance == "dps":                                      # Eq. 16
-                g = dps_guidance(x, x0_01, y, physics.kernel, physics.sigma, schedule, i, dps_scale)
+                g = dps_guidance(x, x0_01, y_k, physics.kernel, physics.sigma, schedule, i, dps_scale)
             else:                                                      # Eq. 17
-                g = GUIDANCE[guidance](x, x0_01, y, physics.kernel, physics.sigma, schedule, i)
+                g = GUIDANCE[guidance](x, x0_01, y_k, physics.kernel, physics.sigma, schedule, i)
         noise = _noise(x.shape, generator, x) if i > 0 else None
         x = schedule.ddpm_step(x.detach(), x0.detach(), i, noise) + g  # Eq. 14–15 (guidance added after)
         if callback is not None:
@@ -112,7 +114,7 @@ def diffusion_em(prior: Prior, y: torch.Tensor, physics: Blur, schedule: Schedul
     for it in trange(n_em, desc="diffusion EM", disable=disable, leave=False):
         samples, _ = posterior_sample(prior, y, physics, schedule, guidance=guidance, n=n, generator=generator,
                                       disable=disable, desc=f"E-step {it + 1}/{n_em}", **kwargs)
-        physics.update(kernel=mstep(samples, y, physics.sigma, physics.kernel))
+        physics.update(kernel=mstep(samples, physics.impute(y, samples), physics.sigma, physics.kernel))
         if callback is not None:
             callback({"em_iteration": it, "samples": samples, "kernel": physics.kernel})
     return samples, physics.kernel

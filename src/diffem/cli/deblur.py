@@ -80,7 +80,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     t0 = time.perf_counter()
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
-                       progress=not args.quiet, window=args.window, restore=args.restore)
+                       progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary)
     elapsed = time.perf_counter() - t0
     restored = res.image.permute(1, 2, 0).numpy()
     kernel = res.kernel.numpy().astype(np.float32)
@@ -109,7 +109,8 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             "parameters": {"method": args.method, "kernel_size": args.kernel_size, "particles": args.particles,
                            "steps": res.info.get("steps", args.steps), "prior": str(args.prior),
                            "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
-                           "window": args.window, "restore": res.restore, "kernel_prior": res.info.get("kernel_prior")},
+                           "window": args.window, "restore": res.restore, "boundary": args.boundary,
+                           "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
             "kernel_window": list(res.window) if res.window else None,
             "timings": {k: round(float(v), 4) for k, v in res.timings.items()}, "elapsed_s": round(elapsed, 3),
@@ -129,8 +130,10 @@ def _load_prior_or_fail(name: str, device, preset, fallback: bool):
     import diffem
     from diffem.priors import PRIOR_NAMES
 
-    if name not in PRIOR_NAMES and not os.path.exists(name):
-        raise CLIError(f"--prior: unknown prior {name!r} (names: {', '.join(PRIOR_NAMES)}, or a checkpoint path)")
+    path = name.removeprefix("diffusers:")
+    if name not in PRIOR_NAMES and not os.path.exists(path):
+        raise CLIError(f"--prior: unknown prior {name!r} (names: {', '.join(PRIOR_NAMES)}, a checkpoint path "
+                       "or diffusers:FOLDER)")
     dev = diffem.api.resolve_device(device)
     try:
         return diffem.api._load(name, dev, preset), name
@@ -240,6 +243,9 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int =
                    help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW region")
     p.add_argument("--restore", default="auto",
                    help="full-photo restoration for large photos: auto (= wiener) | wiener (fast) | diffusion (tiles)")
+    p.add_argument("--boundary", default="valid", choices=("valid", "periodic"),
+                   help="valid: the photo is a non-circular blur of a larger, unobserved scene (exact); "
+                        "periodic: periodic extension + the circular model (the paper's synthetic setting)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
     p.add_argument("--save-samples", action="store_true", help="also write every posterior sample")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -18,10 +18,13 @@ def _train_prior(args) -> int:
     cfg = TrainConfig(data=args.data, out=args.out, crop=args.crop, batch=args.batch, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, steps=args.steps, max_minutes=args.max_minutes,
                       save_minutes=args.save_minutes, seed=args.seed, device=args.device, bf16=False if args.fp32 else None,
-                      channels_last=False if args.fp32 else None, threads=args.threads)
+                      channels_last=False if args.fp32 else None, threads=args.threads,
+                      decay_start=args.decay_start)
     for name in ("crop", "batch", "steps"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name}: must be positive")
+    if cfg.decay_start is not None and not 0 <= cfg.decay_start < cfg.steps:
+        raise ValueError("--decay-start: must be in [0, --steps)")
     overrides = json.loads(args.adm) if args.adm else None
     result = train(cfg, adm_overrides=overrides, progress=not args.quiet)
     print(f"stopped ({result['stopped']}) at step {result['step']}, {result['elapsed'] / 60:.1f} min trained, "
@@ -57,6 +60,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-start", type=int, default=None,
+                   help="from this step on, cosine decay of the learning rate to 0 at --steps (may be set on resume)")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")

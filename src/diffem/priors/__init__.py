@@ -1,7 +1,9 @@
 """Image priors: ``load_prior(name_or_path)`` returns a ``Prior``.
 
 Names: ``"gaussian"`` (exact analytic prior, for tests), ``"default"`` (the small natural-image
-UNet shipped with diffem). A path loads a guided-diffusion ADM checkpoint (.pt / .safetensors).
+UNet shipped with diffem). A path loads a guided-diffusion ADM checkpoint (.pt / .safetensors);
+``"diffusers:FOLDER"``, or a folder with ``unet/config.json`` or a ``UNet2DModel`` ``config.json``,
+loads a local Hugging Face diffusers ε-prediction checkpoint (optional extra ``diffem[diffusers]``).
 """
 from __future__ import annotations
 
@@ -24,10 +26,17 @@ def load_prior(name_or_path, preset: str | None = None, device="cpu", **override
     if name == "default":
         from diffem.priors.default import load_default_prior
         return load_default_prior(device=device, **overrides)
+    if name.startswith("diffusers:") or os.path.isdir(name):
+        from diffem.priors.hf_diffusers import PREFIX, is_diffusers_folder, load_diffusers_prior
+        if name.startswith(PREFIX) or is_diffusers_folder(name):
+            if preset is not None:
+                raise ValueError("preset: applies to guided-diffusion checkpoints, not to diffusers folders")
+            return load_diffusers_prior(name.removeprefix(PREFIX), device=device, **overrides)
     if os.path.exists(name):
         from diffem.priors.adm import load_adm_prior
         return load_adm_prior(name, preset=preset, device=device, **overrides)
-    raise ValueError(f"prior: unknown prior name or missing file {name!r} (names: {', '.join(PRIOR_NAMES)})")
+    raise ValueError(f"prior: unknown prior name or missing file {name!r} (names: {', '.join(PRIOR_NAMES)}, "
+                     "a checkpoint path or diffusers:FOLDER)")
 
 
 __all__ = ["Prior", "load_prior", "PRIOR_NAMES"]

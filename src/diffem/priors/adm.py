@@ -56,6 +56,9 @@ class ADMConfig:
     # False drops it (the small default prior uses no attention at all).
     middle_attention: bool = True
     conv_resample: bool = True  # used only when resblock_updown is False
+    # Not a guided-diffusion flag: >1 runs the UNet on pixel-unshuffled r×r sub-images (FFDNet's
+    # trick, Zhang et al. 2018): r² fewer pixels per layer, so ~r² cheaper at the same widths.
+    pixel_unshuffle: int = 1
 
     def resolved_channel_mult(self) -> tuple:
         cm = self.channel_mult
@@ -77,6 +80,11 @@ class ADMConfig:
         if isinstance(ar, str):
             ar = [a for a in ar.split(",") if a.strip()]
         return tuple(self.image_size // int(r) for r in ar)
+
+    @property
+    def multiple(self) -> int:
+        """H and W must be multiples of this."""
+        return self.pixel_unshuffle * 2 ** (len(self.resolved_channel_mult()) - 1)
 
     @property
     def out_channels(self) -> int:
@@ -278,7 +286,8 @@ class ADMUNet(nn.Module):
             self.label_emb = nn.Embedding(cfg.num_classes, ted)
 
         ch = input_ch = int(mult[0] * mc)
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+        r2 = cfg.pixel_unshuffle ** 2
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels * r2, ch, 3, padding=1))])
         chans, ds = [ch], 1
         for level, m in enumerate(mult):
             for _ in range(cfg.num_res_blocks):
@@ -313,12 +322,11 @@ class ADMUNet(nn.Module):
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
         self.out = nn.Sequential(normalization(ch), nn.SiLU(),
-                                 zero_module(nn.Conv2d(input_ch, cfg.out_channels, 3, padding=1)))
+                                 zero_module(nn.Conv2d(input_ch, cfg.out_channels * r2, 3, padding=1)))
 
     @property
     def multiple(self) -> int:
-        """H and W must be multiples of this."""
-        return 2 ** (self.levels - 1)
+        return self.config.multiple
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
@@ -330,15 +338,17 @@ class ADMUNet(nn.Module):
             if y is None:
                 raise ValueError("y: a class-conditional ADM needs class labels")
             emb = emb + self.label_emb(y)
+        r = self.config.pixel_unshuffle
         hs = []
-        h = x
+        h = F.pixel_unshuffle(x, r) if r > 1 else x
         for module in self.input_blocks:
             h = module(h, emb)
             hs.append(h)
         h = self.middle_block(h, emb)
         for module in self.output_blocks:
             h = module(torch.cat([h, hs.pop()], dim=1), emb)
-        return self.out(h)
+        h = self.out(h)
+        return F.pixel_shuffle(h, r) if r > 1 else h
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,12 +84,14 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
                  n_particles: int = 1, steps=None, seed: int = 0, device="auto", progress: bool = True,
                  window: int = 256, full_factor: float = 1.25, restore: str = "auto", tile: int = 512,
                  margin: int | None = None, noise_method: str = "pca", preset: str | None = None,
-                 **options) -> PhotoResult:
+                 boundary: str = "valid", **options) -> PhotoResult:
     """Blind deblurring of a real photo.
 
     y: (C,H,W) tensor or (H,W[,C]) array on [0, 1], C = 1 (processed as 3 equal channels by the RGB
     prior and averaged back) or 3. sigma: 'auto', a float or '5/255'. restore: 'auto' (whole photo
     by the blind sampler when it fits in the window, else 'wiener'), 'wiener' or 'diffusion'.
+    boundary: 'valid' (the blind run models the photo as a non-circular blur of a larger, unobserved
+    scene) or 'periodic' (periodic extension by ``margin`` and the circular model).
     Other arguments go to ``diffem.deblur``.
     """
     t_start = time.perf_counter()
@@ -103,6 +105,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
         raise ValueError(f"image: {W}x{H} is smaller than the kernel size {kernel_size} (use a smaller --kernel-size)")
     if restore not in ("auto", "wiener", "diffusion"):
         raise ValueError(f"restore: expected 'auto', 'wiener' or 'diffusion', got {restore!r}")
+    if boundary not in ("valid", "periodic"):
+        raise ValueError(f"boundary: expected 'valid' or 'periodic', got {boundary!r}")
     if window < 2 * kernel_size:
         raise ValueError(f"window: must be at least twice the kernel size ({2 * kernel_size}), got {window}")
     margin = kernel_size // 2 + 8 if margin is None else int(margin)
@@ -133,12 +137,17 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
         h, w = min(window, H), min(window, W)
         box_win = (top, left, h, w)
         region = y[:, top : top + h, left : left + w]
-    padded, box = pad_periodic(region[None], margin, MULTIPLE)
     t = time.perf_counter()
-    res = diffem.deblur(padded[0], sigma, method=method, kernel_size=kernel_size, **common, **options)
+    if boundary == "valid":   # exact non-circular model: the scene beyond the border is unobserved
+        res = diffem.deblur(region, sigma, method=method, kernel_size=kernel_size, boundary="valid",
+                            **common, **options)
+        samples = res.samples.detach().float().cpu()
+    else:                     # periodic extension + the circular model (the cheaper approximation)
+        padded, box = pad_periodic(region[None], margin, max(MULTIPLE, getattr(p, "multiple", 1)))
+        res = diffem.deblur(padded[0], sigma, method=method, kernel_size=kernel_size, **common, **options)
+        samples = crop(res.samples.detach().float().cpu(), box)
     timings["blind_s"] = time.perf_counter() - t
     kernel = res.kernel.detach().float().cpu()
-    samples = crop(res.samples.detach().float().cpu(), box)
 
     # 4. restoration of the full photo
     if whole and restore in ("auto", "diffusion"):
@@ -160,7 +169,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
                                    steps=steps, seed=seed + next(counter), device=dev, progress=False)
                 return r.image.detach().float().cpu()[None]
             image = map_tiles(y, fn, tile=window, overlap=max(16, kernel_size), context=margin,
-                              multiple=MULTIPLE, progress=progress, desc="diffusion tiles")
+                              multiple=max(MULTIPLE, getattr(p, "multiple", 1)), progress=progress,
+                              desc="diffusion tiles")
         timings["restore_s"] = time.perf_counter() - t
     image = image.clamp(0, 1)
     if C == 1 and image.shape[0] != 1:
@@ -168,7 +178,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
     timings["total_s"] = time.perf_counter() - t_start
     timings.update({f"blind_{k}": v for k, v in res.timings.items()})
     info = dict(res.info)
-    info.update(margin=margin, padded_shape=list(padded.shape[-2:]), noise_method=noise_method if estimated else None)
+    info.update(margin=margin, noise_method=noise_method if estimated else None)
     return PhotoResult(image=image, kernel=kernel, sigma=float(sigma), sigma_estimated=estimated, window=box_win,
                        restore=mode, samples=samples, timings=timings, info=info)
 
