@@ -18,17 +18,25 @@ import sys
 import time
 
 
-def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, malloc: bool) -> dict:
+def load(prior_name: str, bf16: bool):
+    """The prior in fp32, or with bf16 autocast + channels_last."""
     import torch
 
-    from diffem.perf import configure_cpu
-    applied = configure_cpu(threads=threads, malloc=malloc)
     from diffem.priors import load_prior
     kw = {"autocast_bf16": bf16, "channels_last": bf16} if prior_name == "default" else {}
     prior = load_prior(prior_name, **kw)
     if bf16 and prior_name != "default":
         prior.autocast_bf16 = True
         prior.network.to(memory_format=torch.channels_last)
+    return prior
+
+
+def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, malloc: bool) -> dict:
+    import torch
+
+    from diffem.perf import configure_cpu
+    applied = configure_cpu(threads=threads, malloc=malloc)
+    prior = load(prior_name, bf16)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 3, size, size, generator=g)
     v = torch.randn(1, 3, size, size, generator=g)
@@ -57,7 +65,7 @@ def measure(prior_name: str, size: int, bf16: bool, threads: int, runs: int, mal
             "cpu_share": sorted(shares)[len(shares) // 2], "cpu_s": sorted(cpus)[len(cpus) // 2]}
 
 
-def measure_fast_em(prior_name: str, size: int, threads: int, runs: int, malloc: bool) -> dict:
+def measure_fast_em(prior_name: str, size: int, bf16: bool, threads: int, runs: int, malloc: bool) -> dict:
     """Wall time of whole ``diffem.deblur`` runs: Fast EM ΠGDM, 100 steps, 1 particle, 33×33 kernel,
     on a size×size image (the bundled CBSD68 crop, resized), motion blur, σ = 10/255."""
     import numpy as np
@@ -76,15 +84,27 @@ def measure_fast_em(prior_name: str, size: int, threads: int, runs: int, malloc:
     x = x.permute(2, 0, 1)[None]
     k = MotionBlurGenerator(33).step(1, seed=0)[0]
     y = Blur(k, 10 / 255)(x, torch.Generator().manual_seed(0))
-    prior = diffem.load_prior(prior_name)
+    prior = load(prior_name, bf16)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
         diffem.deblur(y, 10 / 255, prior=prior, method="fast-em-pigdm", steps=100, progress=False)
         times.append(time.perf_counter() - t0)
     times.sort()
-    return {"size": size, "threads": threads, "fast_em_runs": runs, "median_s": times[len(times) // 2],
+    return {"size": size, "bf16_cl": bf16, "threads": threads, "fast_em_runs": runs, "median_s": times[len(times) // 2],
             "min_s": times[0], "max_s": times[-1]}
+
+
+def run_child(spec: dict) -> dict | None:
+    """One measurement in a fresh subprocess (own allocator and oneDNN caches); None if it failed."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+                         capture_output=True, text=True)
+    if out.returncode:
+        print(out.stderr, file=sys.stderr)
+        return None
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(row), file=sys.stderr)
+    return row
 
 
 def main(argv=None) -> int:
@@ -113,26 +133,18 @@ def main(argv=None) -> int:
             runs = args.bf16_runs if (mode == "bf16" and args.bf16_runs) else args.runs
             spec = dict(prior_name=args.prior, size=size, bf16=mode == "bf16", threads=args.threads, runs=runs,
                         malloc=not args.no_malloc)
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                                 capture_output=True, text=True)
-            if out.returncode:
-                print(out.stderr, file=sys.stderr)
-                return out.returncode
-            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row = run_child(spec)
+            if row is None:
+                return 1
             rows.append(row)
-            print(json.dumps(row), file=sys.stderr)
 
-    fast_em = None
-    if args.fast_em_runs:
-        spec = dict(fast_em=True, prior_name=args.prior, size=int(args.sizes.split(",")[0]), threads=args.threads,
-                    runs=args.fast_em_runs, malloc=not args.no_malloc)
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr, file=sys.stderr)
-            return out.returncode
-        fast_em = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps(fast_em), file=sys.stderr)
+    fast_em = []
+    for mode in args.modes.split(",") if args.fast_em_runs else []:
+        spec = dict(fast_em=True, prior_name=args.prior, size=int(args.sizes.split(",")[0]), bf16=mode == "bf16",
+                    threads=args.threads, runs=args.fast_em_runs, malloc=not args.no_malloc)
+        fast_em.append(run_child(spec))
+        if fast_em[-1] is None:
+            return 1
 
     from diffem.perf import bf16_supported
     print(f"\nprior {args.prior}, batch 1, fwd+VJP w.r.t. x, {args.threads} threads, "
@@ -143,10 +155,10 @@ def main(argv=None) -> int:
         mode = "bf16 + channels_last" if r["bf16_cl"] else "fp32"
         print(f"| {r['size']} | {mode} | {r['median_s']:.3f} | {r['min_s']:.3f}–{r['max_s']:.3f} | {r['runs']} | "
               f"{r['cpu_share']:.2f} | {r['cpu_s']:.3f} | {100 * r['median_s']:.0f} |")
-    if fast_em:
-        print(f"\nWhole Fast EM ΠGDM runs (100 steps, n = 1, {fast_em['size']}², {fast_em['threads']} threads): "
-              f"median {fast_em['median_s']:.1f} s (min {fast_em['min_s']:.1f}, max {fast_em['max_s']:.1f}, "
-              f"{fast_em['fast_em_runs']} runs)")
+    for r in fast_em:
+        print(f"\nWhole Fast EM ΠGDM runs (100 steps, n = 1, {r['size']}², {r['threads']} threads, "
+              f"{'bf16 + channels_last' if r['bf16_cl'] else 'fp32'}): median {r['median_s']:.1f} s "
+              f"(min {r['min_s']:.1f}, max {r['max_s']:.1f}, {r['fast_em_runs']} runs)")
     return 0
 
 

@@ -163,7 +163,10 @@ def pareto_plot(summary: list[dict], path: str, nonblind: set[str] | None = None
         ax.set_xscale("log")
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        times = [p[1] for p in pts]
+        decades = math.log10(max(times) / min(times)) if len(times) > 1 else 0.0
+        # 1-2-5 labels over a few decades; decades only when instant baselines stretch the axis
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.25, y=0.15)
