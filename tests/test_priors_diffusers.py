@@ -44,7 +44,8 @@ def test_eps_matches_diffusers_unet(folder):
     with torch.no_grad():
         want = ref(x, t).sample
         got = prior.eps(x, t)
-    assert got.shape == want.shape and float((got - want).abs().max()) < 1e-6
+    # same weights and input: only fp32 summation-order noise (~1e-6 with AVX-512 kernels) may differ
+    assert got.shape == want.shape and float((got - want).abs().max()) < 1e-5
     # the "diffusers:" prefix and the unet subfolder itself load the same model
     with torch.no_grad():
         assert torch.equal(load_prior(f"diffusers:{folder}").eps(x, t), got)
@@ -95,7 +96,7 @@ def test_refuses_pickle_only_unless_weights_only(tmp_path):
     prior = load_diffusers_prior(tmp_path, allow_bin=True)
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
     with torch.no_grad():
-        assert float((prior.eps(x, t) - unet(x, t).sample).abs().max()) < 1e-6
+        assert float((prior.eps(x, t) - unet(x, t).sample).abs().max()) < 1e-5
 
 
 def test_refuses_other_folders(tmp_path):
