@@ -27,11 +27,11 @@ def test_default_prior_loads_and_applies_to_any_multiple_of_its_size_step():
     assert isinstance(prior, Prior) and prior.channels == 3 and prior.T == 1000
     cfg = prior.network.config
     assert not cfg.learn_sigma and cfg.attention_ds() == () and not cfg.middle_attention
-    # H, W must be multiples of (pixel-unshuffle factor) × 2^(levels-1): 16 for the shipped net
+    # H, W must be multiples of (pixel-unshuffle factor) × 2^(levels-1): 8 for the shipped net
     assert prior.multiple == cfg.pixel_unshuffle * 2 ** (len(cfg.resolved_channel_mult()) - 1)
     assert 16 % prior.multiple == 0  # README and docs promise that multiples of 16 work
     n = sum(p.numel() for p in prior.network.parameters())
-    assert 1e6 < n < 7e6  # small: ~4.4 M parameters, < 30 MB on disk
+    assert 1e6 < n < 7e6  # small: 1.85 M parameters shipped, < 30 MB on disk
     assert os.path.getsize(WEIGHTS_PATH) < 30e6
     h, w = 2 * prior.multiple, 3 * prior.multiple  # non-square
     x = torch.zeros(2, 3, h, w)
