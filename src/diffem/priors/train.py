@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffem.measurement import resolve_device
 from diffem.priors.adm import ADMConfig, ADMUNet, make_config, read_state_dict, save_safetensors
-from diffem.schedule import linear_betas
+from diffem.schedule import Schedule
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -109,23 +110,16 @@ def sample_batch(images: list[torch.Tensor], batch: int, crop: int, seed: int, s
     return out / 127.5 - 1
 
 
-def diffusion_loss(net: nn.Module, x0: torch.Tensor, abar: torch.Tensor, g: torch.Generator, bf16: bool):
+def diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: Schedule, g: torch.Generator, bf16: bool):
     """ε-prediction MSE (Ho et al. 2020, L_simple)."""
     n = x0.shape[0]
-    t = torch.randint(len(abar), (n,), generator=g).to(x0.device)
+    t = torch.randint(schedule.T, (n,), generator=g).to(x0.device)
     eps = torch.randn(x0.shape, generator=g).to(x0.device)
-    a = abar[t].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x_t = schedule.q_sample(x0, t, eps)
     ctx = torch.autocast(x0.device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(x0.device.type, enabled=False)
     with ctx:
         pred = net(x_t, t)
     return (pred.float() - eps).pow(2).mean()
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _save_run(out, net, ema, opt, state, config: ADMConfig):
@@ -164,7 +158,7 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
     from diffem.perf import configure_cpu
     from tqdm import tqdm
 
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cpu":
         configure_cpu(threads=cfg.threads)
     if cfg.bf16 is None:
@@ -208,7 +202,7 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
         opt.load_state_dict(torch.load(os.path.join(cfg.out, "optim.pt"), map_location=device, weights_only=True))
 
     images = load_images(cfg.data)
-    abar = torch.tensor(np.cumprod(1 - linear_betas()), dtype=torch.float32, device=device)
+    schedule = Schedule()   # the linear β chain, T = 1000, that the default prior assumes
     loss_path = os.path.join(cfg.out, "loss.csv")
     new_log = not os.path.exists(loss_path)
     if not new_log:  # drop rows logged after the checkpoint we resume from (a kill loses them)
@@ -242,7 +236,7 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
             lr = cfg.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = diffusion_loss(net, x0, abar, g, cfg.bf16)
+            loss = diffusion_loss(net, x0, schedule, g, cfg.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
