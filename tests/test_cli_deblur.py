@@ -1,7 +1,6 @@
 """End-to-end `diffem deblur` / `diffem demo` (in-process, Gaussian prior, tiny images, 2 steps)."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

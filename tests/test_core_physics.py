@@ -146,6 +146,22 @@ def test_euclidean_simplex_projection_is_the_nearest_point():
         q = project_simplex(torch.rand(7, 7, generator=g, dtype=torch.float64) ** 4)
         assert (v - p).norm() <= (v - q).norm() + 1e-12
     assert torch.allclose(project_simplex_euclidean(p), p, atol=1e-12)
+    # closed form for two entries: (a, b) -> ((1 + a - b)/2, (1 - a + b)/2) when both stay positive;
+    # batched: one projection per (k, k) slice
+    two = project_simplex_euclidean(torch.tensor([[[0.7, 0.9]], [[2.0, -1.0]]], dtype=torch.float64))
+    assert torch.allclose(two, torch.tensor([[[0.4, 0.6]], [[1.0, 0.0]]], dtype=torch.float64), atol=1e-12)
+
+
+def test_l2_prox_is_the_projection_of_the_shrunk_kernel():
+    """Eq. 23 with Φ = ‖K‖²: argmin λ‖K‖² + β/2‖K − Z‖² on the simplex = Π(βZ/(β + 2λ)); for a Dirac Z
+    and λ = β: Π(Z/3) = 1/3 + τ at the centre and τ elsewhere, with 25 entries summing to 1: τ = 2/75."""
+    from diffem.mstep import prior_step
+
+    z = delta_kernel(5, dtype=torch.float64)
+    out = prior_step(z, "l2", lam=1e5, beta=1e5)
+    expected = torch.full((5, 5), 2 / 75, dtype=torch.float64)
+    expected[2, 2] += 1 / 3
+    assert torch.allclose(out, expected, atol=1e-12)
 
 
 def test_noisy_measurement_statistics():

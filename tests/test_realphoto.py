@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from diffem.kernels.loaders import BUNDLED
 from diffem.measurement import parse_sigma
 from diffem.physics import blur, blur_valid
 from diffem.realphoto import (crop, deblur_photo, deconv_valid, estimate_sigma, informative_window, map_tiles, pad_periodic,
@@ -21,7 +22,7 @@ def _photo():  # (1,3,96,96) float64 real photo crop (CBSD68)
 
 
 def _kernel():  # Levin et al. 2009 kernel 2, 17×17
-    return torch.tensor(np.load(DATA / "photo_levin09_k2.npy"), dtype=torch.float64)
+    return torch.tensor(np.load(BUNDLED / "Levin09" / "levin09_k2.npy"), dtype=torch.float64)
 
 
 def _psnr(a, b):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffem.files import atomic_write, write_text
 from diffem.measurement import resolve_device
 from diffem.priors.adm import ADMConfig, ADMUNet, make_config, read_state_dict, save_safetensors
 from diffem.schedule import Schedule
@@ -125,13 +127,8 @@ def diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: Schedule, g: torc
 def _save_run(out, net, ema, opt, state, config: ADMConfig):
     save_safetensors(net.state_dict(), os.path.join(out, "model.safetensors"), config=config)
     save_safetensors(ema.state_dict(), os.path.join(out, "ema.safetensors"), config=config)
-    tmp = os.path.join(out, "optim.pt.tmp")
-    torch.save(opt.state_dict(), tmp)
-    os.replace(tmp, os.path.join(out, "optim.pt"))
-    tmp = os.path.join(out, "state.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, os.path.join(out, "state.json"))
+    atomic_write(os.path.join(out, "optim.pt"), lambda tmp: torch.save(opt.state_dict(), tmp))
+    write_text(os.path.join(out, "state.json"), json.dumps(state, indent=1))
 
 
 def export_ema(out: str, path: str, extra: dict | None = None) -> dict:
@@ -210,9 +207,9 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
             rows = list(csv.reader(f))
         keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= state["step"]]
         if len(keep) != len(rows):
-            with open(loss_path + ".tmp", "w", newline="") as f:
-                csv.writer(f).writerows(keep)
-            os.replace(loss_path + ".tmp", loss_path)
+            buf = io.StringIO(newline="")
+            csv.writer(buf).writerows(keep)
+            write_text(loss_path, buf.getvalue())
     log = open(loss_path, "a", newline="")
     writer = csv.writer(log)
     if new_log:
