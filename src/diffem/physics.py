@@ -8,6 +8,32 @@ Conventions (the whole package follows them):
 
 The kernel ↔ transfer-function conversion (``kernel_to_otf`` / ``crop_kernel``) puts
 the kernel's centre ⌊k/2⌋ at pixel (0, 0) of an H×W array (the classical ``psf2otf``).
+
+``Blur`` — the measurement's physics (deepinv's shape: ``A``, ``A_adjoint``, ``physics(x)``). It owns
+its boundary; the unknown image x lives on a *canvas*:
+
+* ``"circular"``: y = k ⊛ x with wrap-around; the canvas is y's own grid, so ``canvas``, ``crop`` and
+  ``impute`` are identities and ``A`` is the circular blur.
+* ``"valid"``: y (h×w) is the valid part of the blur of a larger scene. The canvas exceeds y by at
+  least ⌊k/2⌋ on every side (sizes rounded up to ``multiple``, what the prior needs), so that no
+  wrap-around of the circular blur on the canvas reaches an observed pixel.
+
+Interface (x on the canvas, y and r on the observed grid)::
+
+    Blur(kernel, sigma=0.0, boundary="circular", *, observed_shape=None, multiple=1)
+    Blur.for_measurement(y, kernel, sigma=0.0, boundary="circular", multiple=1) -> Blur
+    .kernel  .sigma  .boundary  .canvas_shape (H', W')  .box (top, left, h, w) or None
+    .mask                 (1,1,H',W') bool, True on observed pixels (None for circular)
+    .canvas(y)            the start image on the canvas: y, its margin filled by edge replication
+    .crop(x)              x's observed box (what a user gets back)
+    .convolve(x)          the circular k ⊛ x on the canvas
+    .A(x)                 canvas -> observed: crop(k ⊛ x);   .A_adjoint(r): observed -> canvas
+    .impute(y, x)         the full-canvas measurement: y where observed, k ⊛ x elsewhere (the E-step
+                          for the pixels the camera did not record: the residual vanishes there, so
+                          the circular closed-form solvers fit the observed pixels only)
+    .pigdm_vector(x, y, r2)   Hᵀ(r²HHᵀ + σ²I)⁻¹(y − Hx) in closed form in Fourier (ΠGDM, Eq. 17)
+    .with_kernel(k)       a new physics with another kernel, same boundary and canvas
+    physics(x, generator) a noisy measurement A(x) + σ n
 """
 from __future__ import annotations
 
@@ -62,32 +88,11 @@ def blur_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 class Blur:
-    """Blur physics y = A x + σ n that owns its boundary (deepinv's shape: ``A``, ``A_adjoint``, ``physics(x)``).
+    """The physics of a blur measurement y = A x + σ n; it owns its boundary (interface: module docstring).
 
-    ``Blur(kernel, sigma=0.0, boundary="circular")``; kernel (k,k) shared by the batch or (B,k,k) one
-    per image; sigma the Gaussian noise std on [0, 1]. The object is never modified:
-    ``with_kernel(k)`` returns a new physics with the same boundary and canvas.
-
-    The unknown image x lives on a *canvas*:
-
-    * ``"circular"``: y = k ⊛ x with wrap-around; the canvas is y's own grid, so ``canvas``, ``crop``
-      and ``impute`` are identities and ``A`` is the circular blur.
-    * ``"valid"``: y (h×w) is the valid part of the blur of a larger scene. The canvas exceeds y by at
-      least ⌊k/2⌋ on every side (sizes rounded up to ``multiple``), so that no wrap-around of the
-      circular blur on the canvas reaches an observed pixel. Build it from the observed shape:
-      ``Blur.for_measurement(y, kernel, sigma, "valid", multiple)``.
-
-    Methods (x on the canvas, y and r on the observed grid):
-      ``canvas(y)``     the start image on the canvas: y, its margin filled by edge replication;
-      ``crop(x)``       x's observed box (what is returned to the user);
-      ``mask``          (1,1,H',W') bool, True on observed pixels (None for circular);
-      ``convolve(x)``   the circular k ⊛ x on the canvas;
-      ``A(x)``          canvas → observed: crop(k ⊛ x);  ``A_adjoint(r)``: observed → canvas;
-      ``impute(y, x)``  the full-canvas measurement: y where observed, k ⊛ x elsewhere (the E-step
-                        for the pixels the camera did not record: the residual vanishes there, so the
-                        circular closed-form solvers below fit the observed pixels only);
-      ``pigdm_vector(x, y, r2)``  Hᵀ(r²HHᵀ + σ²I)⁻¹(y − Hx) in closed form (ΠGDM, Eq. 17);
-      ``physics(x, generator)``   a noisy measurement A(x) + σn.
+    ``kernel``: (k,k) shared by the batch or (B,k,k) one per image; ``sigma``: the Gaussian noise std on
+    [0, 1]; ``boundary``: "circular" or "valid" (a valid blur needs ``observed_shape``, y's (h, w):
+    use ``Blur.for_measurement``). Never modified after construction.
     """
 
     def __init__(self, kernel: torch.Tensor, sigma: float = 0.0, boundary: str = "circular", *,

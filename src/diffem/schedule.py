@@ -25,13 +25,17 @@ def space_timesteps(T: int, spacing: str | int) -> list[int]:
     that many steps each; ``"ddim50"``: a constant integer stride giving exactly 50 steps.
     """
     spacing = str(spacing).strip()
+    try:
+        counts = [int(c) for c in spacing.removeprefix("ddim").split(",")]
+        if spacing.startswith("ddim") and len(counts) != 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"steps: expected a number of steps, 'N,M,...' sections or 'ddimN', got {spacing!r}") from None
     if spacing.startswith("ddim"):
-        count = int(spacing[4:])
         for stride in range(1, T):
-            if len(range(0, T, stride)) == count:
+            if len(range(0, T, stride)) == counts[0]:
                 return list(range(0, T, stride))
-        raise ValueError(f"steps: cannot take exactly {count} steps with an integer stride from T={T}")
-    counts = [int(c) for c in spacing.split(",")]
+        raise ValueError(f"steps: cannot take exactly {spacing[4:]} steps with an integer stride from T={T}")
     size, extra = divmod(T, len(counts))
     kept, start = [], 0
     for s, count in enumerate(counts):
