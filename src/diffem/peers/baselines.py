@@ -1,8 +1,8 @@
 """Naive baselines: the blurry input itself, and non-blind ΠGDM with a fitted isotropic Gaussian kernel.
 
 The Gaussian width is chosen on a 1-D grid: for each width s the measurement is deconvolved by a quick
-Wiener filter (``diffem.physics.wiener_deconv``, gradient regulariser) and scored by the normalised sparsity of the result's gradient,
-‖∇x‖₁/‖∇x‖₂ (Krishnan et al. 2011). Too narrow a kernel leaves blur (spread gradients), too wide a
+Wiener filter (``diffem.physics.wiener_deconv``, gradient regulariser) and scored by the normalised
+sparsity of the result's gradient, ‖∇x‖₁/‖∇x‖₂ (Krishnan et al. 2011). Too narrow a kernel leaves blur (spread gradients), too wide a
 kernel rings (many small oscillations); both raise the ratio, so the minimum is the best fit.
 """
 from __future__ import annotations
@@ -51,7 +51,7 @@ def gauss_pigdm(y, sigma: float, kernel_size: int = 33, prior="default", steps=1
     """Non-blind ΠGDM (``diffem.restore``) with the fitted isotropic Gaussian kernel.
     Returns (image (C,H,W), kernel (k,k), width)."""
     from diffem.api import restore
-    y = as_image(y)
+    y = as_image(y, dtype=torch.float64)      # the fit works in float64; restore takes any float
     sigma = parse_sigma(sigma)
     kernel_size = check_kernel_size(kernel_size, y.shape)
     width, _ = fit_gaussian_width(y, sigma, kernel_size, widths)
