@@ -109,7 +109,7 @@ def bench_boundary(args):
             rc = diffem.deblur(y_circ[0], s, **kw)
             res.setdefault(f"blind {args.prior} {args.steps} steps, circular data, diffem.deblur", []).append(
                 _psnr(rc.image[None], truth))
-            for bd in ("valid", "periodic"):
+            for bd in ("valid", "circular"):
                 rv = deblur_photo(y_valid[0], sigma=s, window=max(S_, 64), boundary=bd, **kw)
                 res.setdefault(f"blind {args.prior} {args.steps} steps, valid data, deblur_photo boundary={bd}",
                                []).append(_psnr(rv.image[None], truth))

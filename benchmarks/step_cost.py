@@ -15,7 +15,8 @@ import torch
 
 import diffem
 from diffem.physics import Blur, delta_kernel
-from diffem.samplers import KernelMStep, fast_diffusion_em, posterior_sample
+from diffem.mstep import KernelMStep
+from diffem.samplers import fast_diffusion_em, posterior_sample
 from diffem.schedule import Schedule
 
 
@@ -45,15 +46,17 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from diffem.api import _load, default_kernel_denoiser, resolve_device
+    from diffem.api import default_kernel_denoiser
+    from diffem.measurement import resolve_device
+    from diffem.priors import load_prior
 
     dev = resolve_device(args.device)
-    prior = _load(args.prior, dev, args.preset)
+    prior = load_prior(args.prior, preset=args.preset, device=dev)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(1, prior.channels, args.size, args.size, generator=g).to(dev)
     k = delta_kernel(args.kernel_size, device=dev)
     y = Blur(k, 0.02)(x)
-    sched = Schedule(str(args.steps), T=prior.T, betas=prior.betas)
+    sched = Schedule.for_prior(prior, str(args.steps))
     den = default_kernel_denoiser(args.kernel_size, dev)
     rows = []
     for n in (1, 4):
@@ -66,14 +69,12 @@ def main(argv=None) -> None:
             torch.autograd.grad(out, xin, grad_outputs=torch.ones_like(out))
 
         def nonblind():
-            posterior_sample(prior, y, Blur(k, 0.02), sched, n=n, generator=torch.Generator().manual_seed(1),
-                             disable=True)
+            posterior_sample(prior, y, Blur(k, 0.02), sched, n=n, seed=1, disable=True)
 
-        mstep = KernelMStep(regulariser="pnp" if den is not None else "l2", denoiser=den)
+        mstep = KernelMStep(hqs=dict(regulariser="pnp" if den is not None else "l2", denoiser=den))
 
         def fast_em():
-            fast_diffusion_em(prior, y, Blur(k.clone(), 0.02), sched, mstep=mstep, n=n,
-                              generator=torch.Generator().manual_seed(1), disable=True)
+            fast_diffusion_em(prior, y, Blur(k, 0.02), sched, mstep=mstep, n=n, seed=1, disable=True)
 
         clock = time.process_time if args.cpu_time else time.perf_counter
         t_vjp = _median_time(vjp, args.repeats, clock)
@@ -82,7 +83,7 @@ def main(argv=None) -> None:
         rows.append((n, t_vjp, t_nb, t_em))
     head = (f"prior `{args.prior}`, {args.size}×{args.size}, kernel {args.kernel_size}, device {dev}, "
             f"threads {torch.get_num_threads()}, {'CPU' if args.cpu_time else 'wall'} time, median of {args.repeats} runs of {args.steps} steps, "
-            f"M-step regulariser {mstep.regulariser}\n\n"
+            f"M-step regulariser {mstep.settings['regulariser']}\n\n"
             "| n | network fwd+VJP (s) | non-blind ΠGDM (s/step) | Fast EM ΠGDM (s/step) | Fast EM / non-blind | non-blind / VJP |\n"
             "|---|---|---|---|---|---|\n")
     table = head + "".join(f"| {n} | {v:.3f} | {nb:.3f} | {em:.3f} | {em / nb:.3f} | {nb / v:.3f} |\n"

@@ -22,9 +22,10 @@ def crop128() -> torch.Tensor:
 
 def levin_kernel(index: int = 4, size: int = 33) -> torch.Tensor:
     """A Levin et al. 2009 camera-shake kernel, zero-padded and centred in a size×size support."""
+    from diffem.kernels.loaders import BUNDLED
     from diffem.physics import recenter
 
-    k = torch.from_numpy(np.load(DATA / "kernels_levin" / f"levin09_k{index}.npy")).float()
+    k = torch.from_numpy(np.load(BUNDLED / "Levin09" / f"levin09_k{index}.npy")).float()
     out = torch.zeros(size, size)
     o = (size - k.shape[0]) // 2
     out[o : o + k.shape[0], o : o + k.shape[1]] = k

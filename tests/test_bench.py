@@ -198,3 +198,52 @@ def test_cli_bench_and_merge(tmp_path, dummy, capsys):
     assert main(["bench", "--dataset", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
     assert main(["bench", "--dataset", IMAGES, "--out", str(tmp_path / "y"), "--methods", "no-such-method"]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+def test_unsized_kernel_set_names_load_the_shipped_sets(monkeypatch, tmp_path):
+    """Bug 1: ``levin`` without a size called load_kernel_set without its size; the TypeError was
+    swallowed and every unsized set reported "not found" unless a data folder was given."""
+    monkeypatch.delenv("DIFFEM_KERNELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    src = KernelSource("levin")
+    assert src.size == 27 and len(src._set) == 8           # the largest Levin kernel is 27×27
+    assert abs(float(src.kernel(3).sum()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("spec, n", [("levin09:33", 8), ("usrnet:33", 12), ("lai-uniform:75", 4), ("Levin:33", 8)])
+def test_advertised_sized_kernel_sets_work(spec, n, monkeypatch, tmp_path):
+    """Bug 2: ``levin09:33``, ``usrnet:33``, ``lai-uniform:33`` failed with "unknown kernel set" (the spec
+    was lower-cased and the alias table differed from the loader's)."""
+    monkeypatch.delenv("DIFFEM_KERNELS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    src = KernelSource(spec)
+    size = int(spec.split(":")[1])
+    assert src.size == size and len(src._set) == n and src.kernel(n - 1).shape == (size, size)
+
+
+def test_lai_uniform_at_33_keeps_the_kernels_that_fit_and_says_so():
+    with pytest.warns(UserWarning, match="3 of the 4 kernels"):
+        src = KernelSource("lai-uniform:33")
+    assert len(src._set) == 1
+
+
+def test_valid_boundary_reaches_the_methods(tmp_path, monkeypatch):
+    """Bug 5: ``--boundary valid`` only shaped the data; the methods still ran the circular model."""
+    import diffem.api
+    import diffem.benchmark.methods
+
+    seen = []
+    real = diffem.api.restore
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("boundary", "circular"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diffem.api, "restore", spy)
+    monkeypatch.setattr(diffem.benchmark.methods, "restore", spy, raising=False)
+    cfg = BenchConfig(dataset=IMAGES, out=str(tmp_path / "b"), limit=1, crop=32, kernels="motion:9", sigmas="10",
+                      methods="pigdm-nonblind,gauss-pigdm", steps=2, prior="gaussian", boundary="valid",
+                      progress=False, summary=False, no_reference=False)
+    res = run_benchmark(cfg)
+    assert not res["errors"] and seen == ["valid", "valid"]
+    assert all(r["boundary"] == "valid" for r in res["rows"])

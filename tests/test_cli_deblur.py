@@ -1,7 +1,6 @@
 """End-to-end `diffem deblur` / `diffem demo` (in-process, Gaussian prior, tiny images, 2 steps)."""
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,6 +179,11 @@ def test_output_equal_to_the_single_input(tmp_path, capsys):
     assert a.is_file()
 
 
+def test_old_boundary_name_is_refused_with_the_new_one(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path, "--boundary", "periodic", *FAST), "--boundary", "circular")
+
+
 def test_window_smaller_than_twice_the_kernel(tmp_path, capsys):
     src = _img(tmp_path / "a.png")
     _one_line_error(*_run(capsys, src, "-o", tmp_path, "--window", "40", "--kernel-size", "33"), "window")
@@ -191,10 +195,8 @@ def test_unknown_method_and_prior(tmp_path, capsys):
     _one_line_error(*_run(capsys, src, "-o", tmp_path, "--prior", "nosuchprior"), "prior", "nosuchprior")
 
 
-def test_demo_runs_on_the_shipped_examples(tmp_path, capsys):
-    examples = Path(__file__).resolve().parents[1] / "examples"
-    if not (examples / "synthetic_chelsea_blurred.png").is_file():
-        pytest.skip("examples/ not present")
+def test_demo_runs_on_the_shipped_examples(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)            # the examples are package data: found from any folder
     code = main(["demo", "-o", str(tmp_path), "--prior", "gaussian", "--steps", "2", "--kernel-size", "9",
                  "--window", "64", "--quiet", "--device", "cpu"])
     out = capsys.readouterr().out

@@ -10,7 +10,7 @@ import torch
 from conftest import levin_kernel
 from diffem.mstep import estimate_kernel
 from diffem.physics import (Blur, blur, blur_adjoint, blur_valid, center_of_mass, crop_kernel, delta_kernel,
-                            kernel_to_otf, project_simplex, recenter, valid_canvas)
+                            kernel_to_otf, project_simplex, recenter)
 from diffem.schedule import Schedule, space_timesteps
 
 DATA = Path(__file__).parent / "data"
@@ -45,47 +45,61 @@ def test_blur_valid_matches_circular_interior():
     assert torch.allclose(v, blur(x, k)[..., 2:-2, 2:-2], atol=1e-12)
 
 
-def test_valid_canvas_makes_the_circular_model_exact_on_observed_pixels():
-    """A 'valid'-blurred y on its canvas: the circular blur of the scene placed on the canvas equals y
-    on every observed pixel (no wrap-around reaches them), and impute() keeps y there, A(x) elsewhere."""
+def test_valid_blur_owns_canvas_mask_and_crop_and_is_exact_on_observed_pixels():
+    """A 'valid'-blurred y: the physics' canvas exceeds y by ⌊k/2⌋ on every side (rounded up to the
+    multiple), A(scene on the canvas) = y exactly (no wrap-around reaches the observed pixels),
+    impute() keeps y there and the circular blur elsewhere, and crop() is the inverse of the canvas."""
     g = torch.Generator().manual_seed(3)
     k = torch.rand(7, 7, generator=g, dtype=torch.float64)
     k /= k.sum()
     scene = torch.rand(1, 3, 41, 52, generator=g, dtype=torch.float64)
     y = blur_valid(scene, k)                                        # (35, 46)
-    canvas, mask, (top, left, h, w) = valid_canvas(y, 7, multiple=8)
-    assert canvas.shape[-2:] == (48, 56) and (h, w) == (35, 46) and top >= 3 and left >= 3
-    assert canvas.shape[-2] - top - h >= 3 and canvas.shape[-1] - left - w >= 3
-    assert torch.equal(canvas[..., top:top + h, left:left + w], y) and int(mask.sum()) == h * w
+    physics = Blur.for_measurement(y, k, 0.0, "valid", multiple=8)
+    top, left, h, w = physics.box
+    assert physics.canvas_shape == (48, 56) and (h, w) == (35, 46) and top >= 3 and left >= 3
+    assert 48 - top - h >= 3 and 56 - left - w >= 3
+    canvas = physics.canvas(y)
+    assert canvas.shape[-2:] == (48, 56) and torch.equal(physics.crop(canvas), y)
+    assert torch.equal(canvas[..., :top, left:left + w], y[..., :1, :].expand(-1, -1, top, -1))  # edge replication
+    mask = physics.mask
+    assert int(mask.sum()) == h * w and bool(mask[..., top, left]) and not bool(mask[..., top - 1, left])
     x = torch.rand(1, 3, 48, 56, generator=g, dtype=torch.float64)
     x[..., top - 3:top - 3 + 41, left - 3:left - 3 + 52] = scene     # the rest of the canvas: anything
-    physics = Blur(k, mask=mask)
-    assert torch.allclose(physics.A(x)[..., top:top + h, left:left + w], y, atol=1e-12)
-    imputed = physics.impute(canvas, x)
-    assert torch.equal(imputed[mask.expand_as(imputed)], canvas[mask.expand_as(canvas)])
-    assert torch.equal(imputed[~mask.expand_as(imputed)], physics.A(x)[~mask.expand_as(imputed)])
-    assert Blur(k).impute(canvas, x) is canvas
+    assert torch.allclose(physics.A(x), y, atol=1e-12)
+    imputed = physics.impute(y, x)
+    assert torch.equal(physics.crop(imputed), y)
+    assert torch.equal(imputed[~mask.expand_as(imputed)], physics.convolve(x)[~mask.expand_as(imputed)])
+    circular = Blur(k)
+    assert circular.impute(y, x) is y and circular.crop(x) is x and circular.canvas(y) is y
 
 
-def test_mstep_with_boundary_mask_recovers_kernel_from_valid_data(crop128):
-    """Valid-blurred data: iterating M-step + imputation (EM for the unobserved margin) recovers the
-    kernel to the circular-data accuracy (≤ 2e-5) and better than the circular model on the same
-    replicate-padded canvas. Measured (Levin 4, 8 iterations): masked 6.3e-6, circular 1.2e-5
-    (Levin 1: 1.2e-5 vs 1.6e-5; Levin 7: 1.4e-5 vs 2.1e-5)."""
-    k = levin_kernel(4)
-    sigma = 5 / 255
-    y = blur_valid(crop128, k) + sigma * torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
-    canvas, mask, box = valid_canvas(y, 33)                          # multiple 1: the canvas is the 128² scene
-    assert box == (16, 16, 96, 96)
-    est = {}
-    for name, m in (("masked", mask), ("circular", None)):
-        physics = Blur(delta_kernel(33), sigma, mask=m)
-        for _ in range(8):
-            physics.update(kernel=estimate_kernel(crop128, physics.impute(canvas, crop128), sigma, physics.kernel,
-                                                  regulariser="none", lam=0))
-        est[name] = float(((physics.kernel - k) ** 2).mean())
-    assert est["masked"] <= 2e-5, est
-    assert est["masked"] < 0.7 * est["circular"], est
+@pytest.mark.parametrize("boundary", ["circular", "valid"])
+def test_adjoint_and_with_kernel_make_a_new_physics(boundary):
+    g = torch.Generator().manual_seed(4)
+    k = torch.rand(5, 5, generator=g, dtype=torch.float64)
+    physics = Blur.for_measurement(torch.zeros(1, 2, 13, 17), k / k.sum(), 0.1, boundary)
+    x = torch.randn((1, 2) + physics.canvas_shape, generator=g, dtype=torch.float64)
+    r = torch.randn(1, 2, 13, 17, generator=g, dtype=torch.float64)
+    assert torch.allclose((physics.A(x) * r).sum(), (x * physics.A_adjoint(r)).sum(), rtol=1e-12)
+    k2 = delta_kernel(5, dtype=torch.float64)
+    other = physics.with_kernel(k2)
+    assert other is not physics and physics.kernel is not k2 and other.kernel is k2
+    assert (other.boundary, other.sigma, other.canvas_shape) == (boundary, 0.1, physics.canvas_shape)
+    assert torch.allclose(other.A(x), physics.crop(x))                 # a delta kernel: A = crop
+
+
+def test_pigdm_vector_is_the_dense_closed_form():
+    """Blur.pigdm_vector = Hᵀ(r²HHᵀ + σ²I)⁻¹(y − Hx) with dense matrices (circular H)."""
+    g = torch.Generator().manual_seed(5)
+    H = W = 6
+    k = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    k /= k.sum()
+    x, y = (torch.rand(1, 1, H, W, generator=g, dtype=torch.float64) for _ in range(2))
+    Hm = torch.stack([blur(e.view(1, 1, H, W), k).flatten() for e in torch.eye(H * W, dtype=torch.float64)], 1)
+    r2, sigma = 0.3, 0.05
+    dense = Hm.T @ torch.linalg.solve(r2 * Hm @ Hm.T + sigma ** 2 * torch.eye(H * W, dtype=torch.float64),
+                                      (y - blur(x, k)).flatten())
+    assert torch.allclose(Blur(k, sigma).pigdm_vector(x, y, r2).flatten(), dense, atol=1e-10)
 
 
 def test_delta_kernel_is_identity_and_otf_roundtrip():
@@ -132,6 +146,22 @@ def test_euclidean_simplex_projection_is_the_nearest_point():
         q = project_simplex(torch.rand(7, 7, generator=g, dtype=torch.float64) ** 4)
         assert (v - p).norm() <= (v - q).norm() + 1e-12
     assert torch.allclose(project_simplex_euclidean(p), p, atol=1e-12)
+    # closed form for two entries: (a, b) -> ((1 + a - b)/2, (1 - a + b)/2) when both stay positive;
+    # batched: one projection per (k, k) slice
+    two = project_simplex_euclidean(torch.tensor([[[0.7, 0.9]], [[2.0, -1.0]]], dtype=torch.float64))
+    assert torch.allclose(two, torch.tensor([[[0.4, 0.6]], [[1.0, 0.0]]], dtype=torch.float64), atol=1e-12)
+
+
+def test_l2_prox_is_the_projection_of_the_shrunk_kernel():
+    """Eq. 23 with Φ = ‖K‖²: argmin λ‖K‖² + β/2‖K − Z‖² on the simplex = Π(βZ/(β + 2λ)); for a Dirac Z
+    and λ = β: Π(Z/3) = 1/3 + τ at the centre and τ elsewhere, with 25 entries summing to 1: τ = 2/75."""
+    from diffem.mstep import prior_step
+
+    z = delta_kernel(5, dtype=torch.float64)
+    out = prior_step(z, "l2", lam=1e5, beta=1e5)
+    expected = torch.full((5, 5), 2 / 75, dtype=torch.float64)
+    expected[2, 2] += 1 / 3
+    assert torch.allclose(out, expected, atol=1e-12)
 
 
 def test_noisy_measurement_statistics():

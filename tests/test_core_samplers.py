@@ -7,7 +7,9 @@ import torch
 import diffem
 import diffem.samplers as samplers
 from diffem.guidance import pigdm_guidance, pigdm_r2
+from diffem.mstep import KernelMStep
 from diffem.physics import Blur, blur, blur_valid, delta_kernel, recenter
+from diffem.rng import ParticleNoise
 from diffem.schedule import Schedule
 
 
@@ -39,7 +41,7 @@ def test_pigdm_gradient_matches_dense_eq17():
     x0 = denoise(x_t)
     y = torch.rand(1, 1, H, W, dtype=torch.float64)
     sched, i, sigma = Schedule("100"), 60, 0.05
-    ours = pigdm_guidance(x_t, denoise(x_t), y, k, sigma, sched, i)
+    ours = pigdm_guidance(x_t, denoise(x_t), y, Blur(k, sigma), sched, i)
     r2 = pigdm_r2(sched, i)
     zeta = np.sqrt(sched.alphas_cumprod[i]) * r2 / np.sqrt(1 + sched.posterior_variance[i])
     Hm = _dense_blur_matrix(k, H, W)
@@ -64,7 +66,7 @@ def _expected_output(prior, y, k, sigma, guidance, steps, monkeypatch):
     """With the Gaussian prior the sampler is affine in (x_T, noises): its expectation is the run
     with every noise at its mean, zero. This isolates the approximation bias from Monte-Carlo error."""
     with monkeypatch.context() as m:
-        m.setattr(samplers, "_noise", lambda shape, generator, like: torch.zeros(shape, dtype=like.dtype))
+        m.setattr(ParticleNoise, "randn", lambda self, shape, like: torch.zeros((len(self),) + tuple(shape)))
         out, _ = samplers.posterior_sample(prior, y, Blur(k, sigma), Schedule(steps), guidance=guidance, n=1,
                                            disable=True)
     return out
@@ -79,7 +81,7 @@ def test_pigdm_posterior_mean(gaussian_prior, gaussian_case, monkeypatch):
     """
     x, y, k, sigma, post = gaussian_case
     samples, _ = samplers.posterior_sample(gaussian_prior, y, Blur(k, sigma), Schedule("100"), guidance="pigdm",
-                                           n=64, generator=torch.Generator().manual_seed(0), disable=True)
+                                           n=64, seed=0, disable=True)
     mean64 = samples.mean(0, keepdim=True)
     expected = _expected_output(gaussian_prior, y, k, sigma, "pigdm", "100", monkeypatch)
     mc = float((samples.var(0).mean() / 64).sqrt())
@@ -99,7 +101,7 @@ def test_dps_moves_towards_posterior_mean(gaussian_prior, gaussian_case):
     x, y, k, sigma, post = gaussian_case
     n = 16
     samples, _ = samplers.posterior_sample(gaussian_prior, y, Blur(k, sigma), Schedule("1000"), guidance="dps",
-                                           n=n, generator=torch.Generator().manual_seed(0), disable=True)
+                                           n=n, seed=0, disable=True)
     err = _rms(samples.mean(0, keepdim=True) - post)
     mc = float((samples.var(0).mean() / n).sqrt())
     bias = max(err**2 - mc**2, 0.0) ** 0.5
@@ -220,3 +222,56 @@ def test_restore_bad_kernel(gaussian_prior):
             diffem.restore(y, k, 0.02, prior=gaussian_prior, steps=2, progress=False)
     with pytest.raises(ValueError, match="method"):
         diffem.restore(y, delta_kernel(5), 0.02, prior=gaussian_prior, method="ddrm")
+
+
+def test_samplers_leave_the_callers_physics_alone_and_return_the_kernel(gaussian_prior):
+    g = torch.Generator().manual_seed(9)
+    x = gaussian_prior.sample((1, 3, 32, 32), g)
+    y = Blur(_kernel7(), 5 / 255)(x, g)
+    start = delta_kernel(7)
+    mstep = KernelMStep(hqs=dict(regulariser="l2"))
+    for run in (samplers.fast_diffusion_em, samplers.diffusion_em):
+        physics = Blur(start, 5 / 255)
+        kw = dict(n_em=2) if run is samplers.diffusion_em else {}
+        _, k = run(gaussian_prior, y, physics, Schedule(8), mstep=mstep, disable=True, **kw)
+        assert physics.kernel is start and torch.equal(start, delta_kernel(7))
+        assert not torch.equal(k, start) and abs(float(k.sum()) - 1) < 1e-5
+
+
+@pytest.mark.parametrize("prior_name", ["gaussian", "default"])
+def test_first_particle_does_not_depend_on_the_number_of_particles(gaussian_prior, prior_name):
+    """Per-particle noise streams (seed, i): non-blind, particle 0 of n = 4 is the n = 1 result; with the
+    UNet up to the float rounding of batched convolutions (measured 3e-7), exactly with the FFT prior."""
+    prior = gaussian_prior if prior_name == "gaussian" else "default"
+    g = torch.Generator().manual_seed(10)
+    y = Blur(_kernel7(), 10 / 255)(gaussian_prior.sample((1, 3, 32, 32), g).clamp(0, 1), g)[0]
+    for boundary in ("circular", "valid"):
+        one, four = (diffem.restore(y, _kernel7(), 10 / 255, prior=prior, steps=6, n_particles=n, seed=7,
+                                    boundary=boundary, progress=False).samples for n in (1, 4))
+        if prior_name == "gaussian":
+            assert torch.equal(four[0], one[0])
+        else:
+            assert torch.allclose(four[0], one[0], atol=1e-5)
+        assert not torch.allclose(four[1], one[0], atol=1e-2)       # the other particles are other draws
+
+
+def test_kernel_init_of_another_dtype_is_accepted(gaussian_prior):
+    """Bug 7: a float64 (or numpy) kernel_init with a float32 y was rejected, then cast anyway."""
+    y = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(11))
+    k = torch.rand(5, 5, generator=torch.Generator().manual_seed(12))
+    run = lambda k0: diffem.deblur(y, 0.02, prior=gaussian_prior, kernel_size=5, steps=4, kernel_prior="l2",
+                                   kernel_init=k0, progress=False)
+    ref = run(k)
+    for k0 in (k.double(), k.double().numpy()):
+        r = run(k0)
+        assert torch.equal(r.samples, ref.samples) and torch.equal(r.kernel, ref.kernel)
+
+
+def test_numpy_images_are_height_width_channels(gaussian_prior):
+    """Bug 4: one numpy convention, (H, W, C) like PIL/imageio, everywhere; (C, H, W) numpy is refused
+    with a hint instead of being read as another layout."""
+    y = torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(13))
+    run = lambda yy: diffem.restore(yy, delta_kernel(5), 0.02, prior=gaussian_prior, steps=3, progress=False)
+    assert torch.equal(run(y.permute(1, 2, 0).numpy()).samples, run(y).samples)
+    with pytest.raises(ValueError, match=r"\(H, W, C\)"):
+        run(y.numpy())

@@ -1,35 +1,9 @@
 """Figure 4 (kernel regularisers vs noise): the pieces and a reduced end-to-end run."""
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
-from diffem.kernels.fig4 import l2_prox, project_simplex_euclidean, run_fig4, update_markdown
-
-
-def test_euclidean_simplex_projection():
-    v = torch.tensor([[0.2, 0.3], [0.1, 0.4]])  # already on the simplex: unchanged
-    torch.testing.assert_close(project_simplex_euclidean(v), v)
-    # closed form for two entries: (a, b) -> ((1 + a - b)/2, (1 - a + b)/2) when both stay positive
-    p = project_simplex_euclidean(torch.tensor([[0.7, 0.9]]))
-    torch.testing.assert_close(p, torch.tensor([[0.4, 0.6]]))
-    p = project_simplex_euclidean(torch.tensor([[2.0, -1.0]]))
-    torch.testing.assert_close(p, torch.tensor([[1.0, 0.0]]))
-    # optimality: no other simplex point is closer (random check)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 4, 4, generator=g) * 0.3
-    p = project_simplex_euclidean(x)
-    assert abs(p.sum().item() - 1) < 1e-6 and p.min() >= 0
-    others = torch.distributions.Dirichlet(torch.ones(16)).sample((500,)).reshape(500, 4, 4)
-    assert ((others - x) ** 2).sum((1, 2)).min() >= ((p - x) ** 2).sum() - 1e-6
-
-
-def test_l2_prox_pulls_towards_uniform():
-    z = torch.zeros(1, 1, 5, 5)
-    z[..., 2, 2] = 1.0
-    out = l2_prox(z, 1.0)  # λ/β = 1: Π(z/3) = centre 1/3 + τ, others τ (if positive)
-    assert out.sum().item() == pytest.approx(1.0, abs=1e-6)
-    assert 0 < out[..., 2, 2].item() < 1 and out[..., 0, 0].item() > 0
+from diffem.kernels.fig4 import run_fig4, update_markdown
 
 
 def test_update_markdown_replaces_its_block(tmp_path):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffem.kernels import gaussian_kernel
 from diffem.peers import baselines, blinddps, kernel_diffusion, l0
 from diffem.physics import blur, delta_kernel, recenter
 
@@ -104,8 +105,11 @@ def test_l0_deterministic(l0_case):
 
 
 def test_l0_bad_input():
-    with pytest.raises(ValueError, match="kernel_size"):
-        l0.deblur_l0(torch.rand(3, 32, 32), 0.01, 8, progress=False)
+    for size in (2, 40):
+        with pytest.raises(ValueError, match="kernel_size"):
+            l0.deblur_l0(torch.rand(3, 32, 32), 0.01, size, progress=False)
+    with pytest.raises(ValueError, match="boundary.*'circular'"):
+        l0.deblur_l0(torch.rand(3, 32, 32), 0.01, 7, progress=False, boundary="periodic")
     with pytest.raises(ValueError, match="y"):
         l0.deblur_l0(torch.rand(2, 3, 32, 32), 0.01, 7, progress=False)
     with pytest.raises(ValueError, match="unknown option"):
@@ -124,15 +128,15 @@ def test_blurry_baseline():
 def test_fit_gaussian_width(width):
     x = rectangles(96, count=60, seed=3)
     g = torch.Generator().manual_seed(0)
-    y = blur(x[None], baselines.gaussian_kernel(21, width))[0] + 0.01 * torch.randn(x.shape, generator=g,
-                                                                                     dtype=torch.float64)
+    y = blur(x[None], gaussian_kernel(21, width, dtype=torch.float64))[0] + 0.01 * torch.randn(
+        x.shape, generator=g, dtype=torch.float64)
     est, scores = baselines.fit_gaussian_width(y, 0.01, 21)
     assert abs(est - width) < 0.35 * width, (est, width)
 
 
 def test_gauss_pigdm_small():
     x = rectangles(32)
-    y = blur(x[None], baselines.gaussian_kernel(9, 1.5))[0].float()
+    y = blur(x[None], gaussian_kernel(9, 1.5))[0].float()
     out = [baselines.gauss_pigdm(y, 0.02, 9, prior="gaussian", steps=4, seed=3, progress=False) for _ in range(2)]
     image, k, width = out[0]
     assert image.shape == y.shape
@@ -200,10 +204,18 @@ def test_shipped_kernel_prior_loads_and_samples_kernels():
     assert float(top.mean()) > 0.2
 
 
-def test_register_all():
+def test_the_registry_lists_the_peers_and_importing_them_registers_nothing():
+    """One registry with explicit imports: no import cycle, no registration as a side effect."""
+    import subprocess
+    import sys
+
+    code = ("import sys, diffem.peers.l0, diffem.peers.blinddps, diffem.peers.baselines; "
+            "assert 'diffem.benchmark.methods' not in sys.modules; "
+            "import diffem.benchmark.methods as m; print(sorted(m.available_methods()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    for name in ("l0", "blind-dps", "blurry", "gauss-pigdm", "fast-em-pigdm", "pigdm-nonblind"):
+        assert f"'{name}'" in out
     from diffem.benchmark.methods import get_method
-    from diffem.peers import register_all
-    assert set(register_all()) == {"l0", "blind-dps", "blurry", "gauss-pigdm"}
     y = torch.rand(3, 24, 24)
     image, k, extra = get_method("blurry")(y, 0.01, 7, None, 0)
     assert image.shape == y.shape and k.shape == (7, 7)

@@ -6,9 +6,11 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from diffem.kernels.loaders import BUNDLED
+from diffem.measurement import parse_sigma
 from diffem.physics import blur, blur_valid
 from diffem.realphoto import (crop, deblur_photo, deconv_valid, estimate_sigma, informative_window, map_tiles, pad_periodic,
-                              parse_sigma, read_photo, wiener_deconv, write_photo)
+                              read_photo, wiener_deconv, write_photo)
 from diffem.realphoto.noise import sigma_mad, sigma_pca
 
 DATA = Path(__file__).parent / "data"
@@ -20,7 +22,7 @@ def _photo():  # (1,3,96,96) float64 real photo crop (CBSD68)
 
 
 def _kernel():  # Levin et al. 2009 kernel 2, 17×17
-    return torch.tensor(np.load(DATA / "photo_levin09_k2.npy"), dtype=torch.float64)
+    return torch.tensor(np.load(BUNDLED / "Levin09" / "levin09_k2.npy"), dtype=torch.float64)
 
 
 def _psnr(a, b):
@@ -108,12 +110,30 @@ def test_estimate_sigma_is_clipped_and_checks_its_method():
 
 
 def test_parse_sigma():
-    assert parse_sigma("auto") == "auto"
-    assert parse_sigma("5/255") == pytest.approx(5 / 255)
-    assert parse_sigma("0.02") == 0.02
-    for bad in ("0", "-0.1", "0.5", "2", "abc", "1/0", "nan"):
+    assert parse_sigma("auto", allow_auto=True) == "auto"
+    assert parse_sigma("5/255") == pytest.approx(5 / 255) and parse_sigma(0.02) == 0.02
+    assert parse_sigma("0.02") == 0.02 and parse_sigma(0, allow_zero=True) == 0.0
+    for bad in ("0", "-0.1", "0.5", "2", "abc", "1/0", "nan", "auto", 0, True, None):
         with pytest.raises(ValueError, match="sigma"):
             parse_sigma(bad)
+
+
+def test_estimate_sigma_defaults_to_the_more_accurate_pca_estimator():
+    """Bug 3: the docstring (and benchmarks/realphoto.py) say PCA is the better estimator, but the
+    default was "mad"."""
+    g = torch.Generator().manual_seed(5)
+    y = blur_valid(_photo(), _kernel())
+    y = y + 5 / 255 * torch.randn(y.shape, generator=g, dtype=y.dtype)
+    assert estimate_sigma(y) == estimate_sigma(y, method="pca") != estimate_sigma(y, method="mad")
+
+
+def test_estimate_sigma_reads_numpy_images_as_height_width_channels():
+    """Bug 4: a (C, H, W) numpy array gave a misleading "image 3x64 too small"; numpy arrays are
+    (H, W, C) everywhere and a (C, H, W) one is refused with a hint."""
+    y = (_photo()[0].float() + 0.02 * torch.randn(3, 96, 96, generator=torch.Generator().manual_seed(6)))
+    assert estimate_sigma(y.permute(1, 2, 0).numpy()) == estimate_sigma(y)
+    with pytest.raises(ValueError, match=r"looks like \(C, H, W\)"):
+        estimate_sigma(y.numpy())
 
 
 # ------------------------------------------------------------------------------ boundaries

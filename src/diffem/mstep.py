@@ -10,12 +10,14 @@ n·N·r_t² per channel to the Fourier denominator (N = H·W), a Tikhonov dampin
 """
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from diffem.physics import crop_kernel, kernel_to_otf, project_simplex, project_simplex_euclidean
+from diffem.physics import Blur, crop_kernel, kernel_to_otf, project_simplex, project_simplex_euclidean, recenter
 
 KernelDenoiser = Callable[[torch.Tensor, float], torch.Tensor]
 REGULARISERS = ("pnp", "l2", "l1", "none")
@@ -103,7 +105,6 @@ def estimate_kernel(x: torch.Tensor, y: torch.Tensor, sigma: float, k_init: torc
     k_init: (k,k) warm start. Returns the (k,k) kernel (≥ 0, sum 1)."""
     if regulariser not in REGULARISERS:
         raise ValueError(f"regulariser: expected one of {REGULARISERS}, got {regulariser!r}")
-    y = y if y.dim() == 4 else y[None]
     num, den = data_terms(x, y, r2, channel_mode)
     alpha = (x.shape[0] if n_weight else 1) * beta * max(sigma, 1e-8) ** 2   # nβσ² (Eq. 24) or βσ²
     shape, ksize = tuple(x.shape[-2:]), k_init.shape[-1]
@@ -116,3 +117,44 @@ def estimate_kernel(x: torch.Tensor, y: torch.Tensor, sigma: float, k_init: torc
         z = data_step(k)                                                       # Eq. 22 / 24
         k = prior_step(z.to(k_init.dtype), regulariser, lam, beta, denoiser)  # Eq. 23 / 25
     return k.to(k_init.dtype)
+
+
+# estimate_kernel's keywords and their defaults: the one place they are set
+HQS_DEFAULTS = {name: p.default for name, p in inspect.signature(estimate_kernel).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name != "r2"}
+
+
+@dataclass(frozen=True)
+class KernelMStep:
+    """The M-step hook of the samplers (Eq. 21–25): ``estimate_kernel`` warm-started from the current
+    kernel, then (``recenter``) centre-of-mass re-centring, as the authors do after each M-step.
+
+    ``hqs``: keywords for ``estimate_kernel`` (n_iter, lam, beta, regulariser, denoiser, channel_mode,
+    n_weight); the others keep its defaults (``settings`` lists them all). ``every``/``start`` choose
+    when it runs inside one diffusion: at sampler iterations start, start+every, … (iteration 0 is
+    the first, noisiest step).
+    """
+
+    hqs: dict = field(default_factory=dict)
+    pigdm_damping: bool = True      # Eq. 33's n·N·r_t² term (absent from the authors' code)
+    recenter: bool = True
+    every: int = 1
+    start: int = 0
+
+    def __post_init__(self):
+        unknown = set(self.hqs) - set(HQS_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown M-step option(s): {', '.join(sorted(unknown))} (known: {', '.join(HQS_DEFAULTS)})")
+
+    @property
+    def settings(self) -> dict:
+        return {**HQS_DEFAULTS, **self.hqs}
+
+    def active(self, iteration: int) -> bool:
+        return iteration >= self.start and (iteration - self.start) % self.every == 0
+
+    def __call__(self, physics: Blur, y: torch.Tensor, x: torch.Tensor, r2: float = 0.0) -> torch.Tensor:
+        """The kernel fitting particles x (n, C, H', W' on the physics' canvas) to y; r2: ΠGDM's r_t²."""
+        k = estimate_kernel(x, physics.impute(y, x), physics.sigma, physics.kernel,
+                            r2=r2 if self.pigdm_damping else 0.0, **self.hqs)
+        return recenter(k) if self.recenter else k

@@ -1,18 +1,48 @@
-"""Blur physics: y = k ⊛ x + n with a circular (periodic) true convolution.
+"""Blur physics: y = k ⊛ x + n, a true convolution computed with FFTs; ``Blur`` owns the boundary.
 
 Conventions (the whole package follows them):
   * images are (B, C, H, W) float tensors in [0, 1]; σ is the noise std on that scale;
   * kernels are (k, k) or (B, k, k), non-negative, sum to 1, centred at index ⌊k/2⌋;
   * ``k ⊛ x`` is a true convolution (the kernel is flipped, as in MATLAB ``conv2``),
-    computed with FFTs and periodic boundaries.
+    computed with FFTs on a periodic grid; ``Blur(boundary="valid")`` puts that grid around y.
 
-The kernel ↔ transfer-function conversion (``kernel_to_otf`` / ``otf_to_kernel``) puts
+The kernel ↔ transfer-function conversion (``kernel_to_otf`` / ``crop_kernel``) puts
 the kernel's centre ⌊k/2⌋ at pixel (0, 0) of an H×W array (the classical ``psf2otf``).
+
+``Blur`` — the measurement's physics (deepinv's shape: ``A``, ``A_adjoint``, ``physics(x)``). It owns
+its boundary; the unknown image x lives on a *canvas*:
+
+* ``"circular"``: y = k ⊛ x with wrap-around; the canvas is y's own grid, so ``canvas``, ``crop`` and
+  ``impute`` are identities and ``A`` is the circular blur.
+* ``"valid"``: y (h×w) is the valid part of the blur of a larger scene. The canvas exceeds y by at
+  least ⌊k/2⌋ on every side (sizes rounded up to ``multiple``, what the prior needs), so that no
+  wrap-around of the circular blur on the canvas reaches an observed pixel.
+
+Interface (x on the canvas, y and r on the observed grid)::
+
+    Blur(kernel, sigma=0.0, boundary="circular", *, observed_shape=None, multiple=1)
+    Blur.for_measurement(y, kernel, sigma=0.0, boundary="circular", multiple=1) -> Blur
+    .kernel  .sigma  .boundary  .canvas_shape (H', W')  .box (top, left, h, w) or None
+    .mask                 (1,1,H',W') bool, True on observed pixels (None for circular)
+    .canvas(y)            the start image on the canvas: y, its margin filled by edge replication
+    .crop(x)              x's observed box (what a user gets back)
+    .convolve(x)          the circular k ⊛ x on the canvas
+    .A(x)                 canvas -> observed: crop(k ⊛ x);   .A_adjoint(r): observed -> canvas
+    .impute(y, x)         the full-canvas measurement: y where observed, k ⊛ x elsewhere (the E-step
+                          for the pixels the camera did not record: the residual vanishes there, so
+                          the circular closed-form solvers fit the observed pixels only)
+    .pigdm_vector(x, y, r2)   Hᵀ(r²HHᵀ + σ²I)⁻¹(y − Hx) in closed form in Fourier (ΠGDM, Eq. 17)
+    .with_kernel(k)       a new physics with another kernel, same boundary and canvas
+    physics(x, generator) a noisy measurement A(x) + σ n
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
+
+from diffem.measurement import check_boundary
 
 
 def kernel_to_otf(kernel: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -58,39 +88,93 @@ def blur_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
 
 
 class Blur:
-    """Circular-blur physics in deepinv's shape: ``A``, ``A_adjoint``, ``update(kernel=...)``, ``physics(x)``.
+    """The physics of a blur measurement y = A x + σ n; it owns its boundary (interface: module docstring).
 
-    ``kernel``: (k,k) shared by the batch or (B,k,k) one per image. ``sigma``: Gaussian noise std.
-    ``mask``: optional boolean (1,1,H,W), True where y was observed. Real photos are a *valid*
-    (non-circular) blur of a larger scene: put y on a larger canvas (``valid_canvas``) and mark
-    the margin unobserved; the circular model is then exact on the observed pixels.
+    ``kernel``: (k,k) shared by the batch or (B,k,k) one per image; ``sigma``: the Gaussian noise std on
+    [0, 1]; ``boundary``: "circular" or "valid" (a valid blur needs ``observed_shape``, y's (h, w):
+    use ``Blur.for_measurement``). Never modified after construction.
     """
 
-    def __init__(self, kernel: torch.Tensor, sigma: float = 0.0, mask: torch.Tensor | None = None):
+    def __init__(self, kernel: torch.Tensor, sigma: float = 0.0, boundary: str = "circular", *,
+                 observed_shape: tuple[int, int] | None = None, multiple: int = 1):
         self.kernel = kernel
         self.sigma = float(sigma)
-        self.mask = mask
+        self.boundary = check_boundary(boundary)
+        self.box = None                                   # (top, left, h, w) of y on the canvas
+        self.canvas_shape = None if observed_shape is None else tuple(observed_shape[-2:])
+        self._mask = None
+        if self.boundary == "valid":
+            if observed_shape is None:
+                raise ValueError("observed_shape: a 'valid' blur needs the size of y "
+                                 "(build it with Blur.for_measurement(y, kernel, sigma, 'valid'))")
+            h, w = observed_shape[-2:]
+            r = kernel.shape[-1] // 2
+            H, W = (-(-(n + 2 * r) // multiple) * multiple for n in (h, w))
+            self.box = ((H - h) // 2, (W - w) // 2, h, w)
+            self.canvas_shape = (H, W)
 
-    def update(self, kernel: torch.Tensor | None = None, sigma: float | None = None) -> "Blur":
-        if kernel is not None:
-            self.kernel = kernel
-        if sigma is not None:
-            self.sigma = float(sigma)
-        return self
+    @classmethod
+    def for_measurement(cls, y: torch.Tensor, kernel: torch.Tensor, sigma: float = 0.0, boundary: str = "circular",
+                        multiple: int = 1) -> "Blur":
+        """The physics of measurement y (…, h, w); ``multiple``: what the prior needs H and W to be multiples of."""
+        h, w = y.shape[-2:]
+        if check_boundary(boundary) == "circular" and (h % multiple or w % multiple):
+            raise ValueError(f"y: this prior needs height and width multiples of {multiple}, got {h}x{w} "
+                             "(or use boundary='valid', which pads; `diffem deblur` does it for you)")
+        return cls(kernel, sigma, boundary, observed_shape=(h, w), multiple=multiple)
 
-    def A(self, x: torch.Tensor) -> torch.Tensor:
+    def with_kernel(self, kernel: torch.Tensor) -> "Blur":
+        if self.box is not None and kernel.shape[-1] // 2 > min(self.box[0], self.box[1]):
+            raise ValueError(f"kernel: a {kernel.shape[-1]}-pixel kernel needs a larger canvas margin than this physics has")
+        new = copy.copy(self)
+        new.kernel = kernel
+        return new
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        if self.box is not None and self._mask is None:
+            top, left, h, w = self.box
+            self._mask = torch.zeros((1, 1) + self.canvas_shape, dtype=torch.bool, device=self.kernel.device)
+            self._mask[..., top:top + h, left:left + w] = True
+        return self._mask
+
+    def canvas(self, y: torch.Tensor) -> torch.Tensor:
+        if self.box is None:
+            return y
+        top, left, h, w = self.box
+        H, W = self.canvas_shape
+        return F.pad(y, (left, W - w - left, top, H - h - top), mode="replicate")
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.box is None else crop(x, self.box)
+
+    def _embed(self, r: torch.Tensor) -> torch.Tensor:
+        """Observed-grid r on the canvas, zero outside y's box."""
+        top, left, h, w = self.box
+        H, W = self.canvas_shape
+        return F.pad(r, (left, W - w - left, top, H - h - top))
+
+    def convolve(self, x: torch.Tensor) -> torch.Tensor:
         return blur(x, self.kernel)
 
-    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return blur_adjoint(y, self.kernel)
+    def A(self, x: torch.Tensor) -> torch.Tensor:
+        return self.crop(self.convolve(x))
+
+    def A_adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        return blur_adjoint(r if self.box is None else self._embed(r), self.kernel)
 
     def impute(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """y where observed, A(x) elsewhere: the E-step for the pixels the camera did not record.
-        The residual y − A(x) then vanishes off the mask, so guidance and M-step only fit observed
-        pixels, with their closed-form circular solvers unchanged."""
-        if self.mask is None:
+        if self.box is None:
             return y
-        return torch.where(self.mask, y, self.A(x).to(y.dtype))
+        return torch.where(self.mask, self._embed(y), self.convolve(x).to(y.dtype))
+
+    def pigdm_vector(self, x: torch.Tensor, y: torch.Tensor, r2: float) -> torch.Tensor:
+        """Eq. 17 without the Jacobian: v = Hᵀ (r² H Hᵀ + σ² I)⁻¹ (y − H x), in closed form in Fourier
+        on the canvas (y imputed by H x where unobserved): v = F⁻¹[ conj(K) (Y − K X) / (r² |K|² + σ²) ]."""
+        K = kernel_to_otf(self.kernel.to(x.dtype), x.shape[-2:])
+        X, Y = torch.fft.rfft2(x), torch.fft.rfft2(self.impute(y, x))
+        sigma2 = max(self.sigma, 1e-8) ** 2
+        return torch.fft.irfft2(K.conj() * (Y - K * X) / (r2 * K.abs() ** 2 + sigma2), s=x.shape[-2:])
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Noisy measurement A(x) + σ n, unclipped (the paper's protocol)."""
@@ -100,22 +184,10 @@ class Blur:
         return y
 
 
-def valid_canvas(y: torch.Tensor, ksize: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """Put a 'valid'-blurred y (B,C,H,W) on a canvas with a margin of at least ⌊k/2⌋ on every side
-    (sizes rounded up to ``multiple``), the margin filled by edge replication (a start value only).
-
-    Returns (canvas, mask, box): mask (1,1,H',W') True on y's pixels, box = (top, left, H, W) to
-    crop results back. With this margin no wrap-around reaches the observed pixels.
-    """
-    H, W = y.shape[-2:]
-    r = ksize // 2
-    Hc = -(-(H + 2 * r) // multiple) * multiple
-    Wc = -(-(W + 2 * r) // multiple) * multiple
-    top, left = (Hc - H) // 2, (Wc - W) // 2
-    canvas = F.pad(y, (left, Wc - W - left, top, Hc - H - top), mode="replicate")
-    mask = torch.zeros((1, 1, Hc, Wc), dtype=torch.bool, device=y.device)
-    mask[..., top:top + H, left:left + W] = True
-    return canvas, mask, (top, left, H, W)
+def crop(x: torch.Tensor, box) -> torch.Tensor:
+    """The (top, left, h, w) box of (…, H, W) images."""
+    top, left, h, w = box
+    return x[..., top:top + h, left:left + w]
 
 
 def blur_valid(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -139,17 +211,18 @@ def project_simplex(kernel: torch.Tensor) -> torch.Tensor:
 
 
 def project_simplex_euclidean(kernel: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of a (k, k) array onto {k ≥ 0, Σk = 1} (sort-based, Duchi et al. 2008).
+    """Euclidean projection of (…, k, k) arrays onto {k ≥ 0, Σk = 1} (sort-based, Duchi et al. 2008).
 
     Unlike clip-and-rescale it is the exact prox of the simplex indicator, so a scaling of the input
     (e.g. the ℓ2 prox) changes the result."""
-    v = kernel.reshape(-1)
-    u, _ = torch.sort(v, descending=True)
-    css = torch.cumsum(u, 0) - 1
-    idx = torch.arange(1, len(u) + 1, dtype=v.dtype, device=v.device)
-    rho = int(torch.nonzero(u - css / idx > 0)[-1])
-    theta = css[rho] / (rho + 1)
-    return (v - theta).clamp_min(0).reshape(kernel.shape)
+    shape = kernel.shape
+    flat = kernel.reshape(-1, shape[-2] * shape[-1])
+    u, _ = torch.sort(flat, dim=1, descending=True)
+    css = u.cumsum(1) - 1
+    idx = torch.arange(1, flat.shape[1] + 1, dtype=kernel.dtype, device=kernel.device)
+    rho = (u - css / idx > 0).to(torch.int64).cumsum(1).argmax(1, keepdim=True)  # last index where it holds
+    theta = css.gather(1, rho) / (rho + 1).to(kernel.dtype)
+    return (flat - theta).clamp_min(0).reshape(shape)
 
 
 def delta_kernel(size: int, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -198,3 +271,23 @@ def recenter(kernel: torch.Tensor) -> torch.Tensor:
     kh, kw = kernel.shape[-2:]
     target = torch.tensor([kh // 2, kw // 2], dtype=kernel.dtype, device=kernel.device)
     return project_simplex(shift_kernel(kernel, target - center_of_mass(kernel)))
+
+
+def gradient_otf2(shape: tuple[int, int], dtype=torch.float64, device=None) -> torch.Tensor:
+    """|F∂x|² + |F∂y|² on the rfft2 grid of an H×W image: the Fourier symbol of ∇ᵀ∇ (finite differences)."""
+    dx = torch.zeros(shape, dtype=dtype, device=device)
+    dx[0, 0], dx[0, -1] = 1, -1
+    dy = torch.zeros_like(dx)
+    dy[0, 0], dy[-1, 0] = 1, -1
+    return torch.fft.rfft2(dx).abs() ** 2 + torch.fft.rfft2(dy).abs() ** 2
+
+
+def wiener_deconv(y: torch.Tensor, kernel: torch.Tensor, sigma: float, lam_scale: float = 100.0,
+                  lam_min: float = 1e-4) -> torch.Tensor:
+    """Circular Wiener deconvolution of (…, H, W) ``y`` with a gradient (Tikhonov) prior:
+    x = argmin ‖k ⊛ x − y‖² + λ‖∇x‖² = F⁻¹[ K̄ Y / (|K|² + λ(|Dx|² + |Dy|²)) ], λ = max(lam_scale·σ², lam_min)."""
+    H, W = y.shape[-2:]
+    K = kernel_to_otf(kernel.to(y.dtype), (H, W))
+    lam = max(lam_scale * sigma ** 2, lam_min)
+    X = K.conj() * torch.fft.rfft2(y) / (K.abs() ** 2 + lam * gradient_otf2((H, W), y.dtype, y.device))
+    return torch.fft.irfft2(X, s=(H, W))

@@ -13,6 +13,11 @@ def linear_betas(T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
     return np.linspace(beta_start, beta_end, T, dtype=np.float64)
 
 
+def alphas_cumprod(betas) -> np.ndarray:
+    """ᾱ_t = Π_{s ≤ t} (1 − β_s), float64: the one definition (``Schedule`` and ``Prior`` use it)."""
+    return np.cumprod(1.0 - np.asarray(betas, dtype=np.float64))
+
+
 def space_timesteps(T: int, spacing: str | int) -> list[int]:
     """Original timesteps kept by guided-diffusion's ``space_timesteps``.
 
@@ -20,13 +25,17 @@ def space_timesteps(T: int, spacing: str | int) -> list[int]:
     that many steps each; ``"ddim50"``: a constant integer stride giving exactly 50 steps.
     """
     spacing = str(spacing).strip()
+    try:
+        counts = [int(c) for c in spacing.removeprefix("ddim").split(",")]
+        if spacing.startswith("ddim") and len(counts) != 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"steps: expected a number of steps, 'N,M,...' sections or 'ddimN', got {spacing!r}") from None
     if spacing.startswith("ddim"):
-        count = int(spacing[4:])
         for stride in range(1, T):
-            if len(range(0, T, stride)) == count:
+            if len(range(0, T, stride)) == counts[0]:
                 return list(range(0, T, stride))
-        raise ValueError(f"steps: cannot take exactly {count} steps with an integer stride from T={T}")
-    counts = [int(c) for c in spacing.split(",")]
+        raise ValueError(f"steps: cannot take exactly {spacing[4:]} steps with an integer stride from T={T}")
     size, extra = divmod(T, len(counts))
     kept, start = [], 0
     for s, count in enumerate(counts):
@@ -43,13 +52,14 @@ class Schedule:
     """A (possibly respaced) variance-preserving DDPM chain.
 
     ``alphas_cumprod[i]`` is ᾱ at original timestep ``timesteps[i]``; the respaced betas are
-    β'_i = 1 − ᾱ_i / ᾱ_{i−1} (guided-diffusion's ``SpacedDiffusion``).
+    β'_i = 1 − ᾱ_i / ᾱ_{i−1} (guided-diffusion's ``SpacedDiffusion``). A sampler's schedule comes
+    from its prior, ``Schedule.for_prior(prior, steps)``, so both use the β the network was trained with.
     """
 
     def __init__(self, steps: str | int = 100, T: int = 1000, betas: np.ndarray | None = None):
         base = linear_betas(T) if betas is None else np.asarray(betas, dtype=np.float64)
         self.T = len(base)
-        abar_full = np.cumprod(1.0 - base)
+        abar_full = alphas_cumprod(base)
         self.timesteps = space_timesteps(self.T, steps)
         self.alphas_cumprod = abar_full[self.timesteps]
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
@@ -58,17 +68,17 @@ class Schedule:
         self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
         self.abar_full = abar_full
 
+    @classmethod
+    def for_prior(cls, prior, steps: str | int = 100) -> "Schedule":
+        """The chain of ``prior`` (its base β, T), respaced to ``steps``."""
+        return cls(steps, betas=prior.betas)
+
     def __len__(self) -> int:
         return len(self.timesteps)
 
     def t(self, i: int, batch: int = 1, device=None) -> torch.Tensor:
         """Original timestep of step i as a (batch,) int64 tensor, what the network takes."""
         return torch.full((batch,), self.timesteps[i], dtype=torch.long, device=device)
-
-    def sigma_to_t(self, sigma: float) -> int:
-        """Original timestep whose noise-to-signal ratio √((1−ᾱ)/ᾱ) is closest to σ (on the [-1,1] scale)."""
-        ratio = np.sqrt((1.0 - self.abar_full) / self.abar_full)
-        return int(np.argmin(np.abs(ratio - sigma)))
 
     # --- forward process -------------------------------------------------------------------
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,13 @@
 
 * Images: every .png/.jpg/.bmp/.tif of ``dataset`` in sorted order (first ``limit``), converted to RGB,
   centre-cropped to ``crop``×``crop``.
-* Kernels, one per image (the same for every σ): ``levin:33`` (a public set placed in 33×33 by
-  ``diffem.kernels.load_kernel_set``), ``motion:33`` / ``handshake:33`` / ``gaussian:25`` /
+* Kernels, one per image (the same for every σ): ``levin:33`` / ``usrnet:33`` / ``lai-uniform:55`` (a
+  public set placed in 33×33 by ``diffem.kernels.load_kernel_set``; kernels larger than that are left
+  out, with a warning), ``motion:33`` / ``handshake:33`` / ``gaussian:25`` /
   ``linear:33`` / ``mix:33`` draw from ``diffem.kernels`` generators with a seed derived from
   (seed, image index) — so image i gets the same kernel whatever ``limit`` is; ``intensity`` etc. can be
   passed as ``motion:33:intensity=0.5``. A kernel set — ``levin``/``levin09``, ``usrnet``, ``lai-uniform``
-  (looked up under ``kernel_root``), a folder of .npy files or one .npy — is used in turn (image i gets
+  (shipped with diffem; other sets under ``kernel_root``), a folder of .npy files or one .npy — is used in turn (image i gets
   kernel i mod n), zero-padded (centred) to the size of the largest kernel of the set.
 * Measurement: ``boundary="circular"``: y = k ⊛ x + σ n on the crop (the authors' protocol, circular
   convolution, unclipped Gaussian noise). ``boundary="valid"``: the crop is taken (k−1) pixels larger and
@@ -18,24 +19,19 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 
+from diffem.benchmark.specs import parse_value
+from diffem.kernels.generators import GENERATORS, make_generator
+from diffem.kernels.loaders import KERNEL_SETS, find_kernel_files, kernel_set, load_kernel_set
 from diffem.physics import blur, blur_valid
+from diffem.rng import derive_seed
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-KERNEL_SETS = {  # name -> folder under kernel_root
-    "levin": "Levin09", "levin09": "Levin09", "usrnet": "USRNet_kernels12", "usrnet12": "USRNet_kernels12",
-    "lai-uniform": "Lai16_uniform", "lai": "Lai16_uniform",
-}
-
-
-def derive_seed(*parts) -> int:
-    """A 31-bit seed from integers (numpy SeedSequence: independent streams for different tuples)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def list_images(dataset: str, limit: int | None = None) -> list[str]:
@@ -84,28 +80,26 @@ class KernelSource:
 
     def __init__(self, spec: str, seed: int = 0, kernel_root: str | None = None):
         self.spec, self.seed = spec, int(seed)
+        if kernel_root is not None and not os.path.isdir(kernel_root):
+            raise ValueError(f"kernel_root: not a folder: {kernel_root}")
         parts = spec.split(":")
         self._set = None
         self._gen = None
         head = parts[0].lower()
         if len(parts) >= 2 and parts[1].strip().isdigit():
-            from diffem.kernels.generators import GENERATORS, make_generator
-            from diffem.benchmark.specs import parse_value
-
             self.size = int(parts[1])
             if head not in GENERATORS:  # a public kernel set at a given size, e.g. levin:33
-                try:
-                    from diffem.kernels import load_kernel_set
-                except ImportError:
-                    load_kernel_set = None
-                if load_kernel_set is None:
-                    raise ValueError(f"kernels: unknown generator {head!r} in {spec!r} (choose from {', '.join(GENERATORS)})")
-                root = kernel_root if kernel_root and os.path.isdir(kernel_root) else None
-                try:
-                    ks = load_kernel_set(head, self.size, root=root)
-                except (ValueError, FileNotFoundError, KeyError) as e:
+                if kernel_set(head) is None:
                     raise ValueError(f"kernels: {spec!r} is neither a generator ({', '.join(GENERATORS)}) nor a "
-                                     f"loadable kernel set: {e}") from None
+                                     f"kernel set ({', '.join(sorted(KERNEL_SETS))})")
+                try:
+                    n_files = len(find_kernel_files(head, kernel_root))
+                    ks = load_kernel_set(head, self.size, root=kernel_root, too_large="skip")
+                except (ValueError, FileNotFoundError) as e:
+                    raise ValueError(f"kernels: {spec!r}: {e}") from None
+                if len(ks) < n_files:
+                    warnings.warn(f"kernels: {n_files - len(ks)} of the {n_files} kernels of {parts[0]!r} are larger "
+                                  f"than {self.size}x{self.size} and left out", stacklevel=2)
                 self._set = [k.numpy().astype(np.float32) for k in ks]
                 return
             params = {}
@@ -117,31 +111,24 @@ class KernelSource:
                     params[k.strip()] = parse_value(v.strip())
             self._gen = make_generator(head, self.size, seed=self.seed, **params)
             return
-        # a kernel set: a known name, a folder of .npy, or one .npy file
-        path = spec
-        if head in KERNEL_SETS:
-            root = kernel_root or ""
-            path = os.path.join(root, KERNEL_SETS[head], "npy")
-            if not os.path.isdir(path):
-                try:  # the kernel engineer's loader, when present
-                    from diffem.kernels import load_kernel_set  # type: ignore
-
-                    ks = load_kernel_set(head)
-                    self._set = [np.asarray(k, dtype=np.float32) for k in ks]
-                except (ImportError, ValueError, FileNotFoundError, TypeError):
-                    raise ValueError(f"kernels: kernel set {spec!r} not found under {root!r} (--kernel-root)") from None
-        if self._set is None:
-            if os.path.isdir(path):
-                files = sorted(f for f in os.listdir(path) if f.endswith(".npy"))
-                if not files:
-                    raise ValueError(f"kernels: no .npy kernels in {path}")
-                self._set = [np.load(os.path.join(path, f)).astype(np.float32) for f in files]
-            elif os.path.isfile(path) and path.endswith(".npy"):
-                a = np.load(path).astype(np.float32)
-                self._set = [a] if a.ndim == 2 else list(a)
-            else:
-                raise ValueError(f"kernels: {spec!r} is neither a generator spec (e.g. motion:33), a kernel set "
-                                 f"({', '.join(sorted(set(KERNEL_SETS)))}) nor a .npy file/folder")
+        # a kernel set at its own size: a known name, a folder of .npy, or one .npy file
+        if kernel_set(head) is not None:
+            try:
+                files = find_kernel_files(head, kernel_root)
+            except FileNotFoundError as e:
+                raise ValueError(f"kernels: {spec!r}: {e} (--kernel-root)") from None
+            self._set = [np.load(f).astype(np.float32) for f in files]
+        elif os.path.isdir(spec):
+            files = sorted(f for f in os.listdir(spec) if f.endswith(".npy"))
+            if not files:
+                raise ValueError(f"kernels: no .npy kernels in {spec}")
+            self._set = [np.load(os.path.join(spec, f)).astype(np.float32) for f in files]
+        elif os.path.isfile(spec) and spec.endswith(".npy"):
+            a = np.load(spec).astype(np.float32)
+            self._set = [a] if a.ndim == 2 else list(a)
+        else:
+            raise ValueError(f"kernels: {spec!r} is neither a generator spec (e.g. motion:33), a kernel set "
+                             f"({', '.join(sorted(KERNEL_SETS))}) nor a .npy file/folder")
         for k in self._set:
             if k.ndim != 2 or (k < 0).any() or not np.isfinite(k).all():
                 raise ValueError(f"kernels: {spec!r} holds a kernel that is not a finite non-negative 2-D array")
@@ -156,14 +143,6 @@ class KernelSource:
             k = torch.from_numpy(self._set[i % len(self._set)])
         k = k.float().clamp_min(0)
         return k / k.sum()
-
-
-@dataclass
-class Item:
-    index: int          # image index in the (sorted) dataset
-    name: str           # image file stem
-    x: torch.Tensor     # (3,S,S) ground truth on [0,1]
-    kernel: torch.Tensor  # (k,k)
 
 
 def make_measurement(x_big: torch.Tensor, kernel: torch.Tensor, sigma: float, seed: int, boundary: str):

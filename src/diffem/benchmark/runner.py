@@ -26,10 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffem import __version__
 from diffem.benchmark import data as bdata
 from diffem.benchmark.methods import get_method
 from diffem.benchmark.specs import MethodSpec, parse_methods, parse_shard, parse_sigmas, sigma_tag
 from diffem.benchmark.summary import read_jsonl, result_files, row_key, write_summary
+from diffem.files import atomic_write, write_npy, write_text
+from diffem.measurement import check_boundary, resolve_device
+from diffem.rng import derive_seed
 
 # Settings that define the degraded set / the results; a resumed run must use the same.
 CONFIG_KEYS = ("dataset", "crop", "kernels", "seed", "boundary", "prior", "steps")
@@ -82,13 +86,7 @@ def shard_jobs(jobs: list, index: int, count: int) -> list:
     return [j for t, j in enumerate(jobs) if t % count == index]
 
 
-def _atomic_save_npy(path, arr):
-    tmp = path + ".tmp.npy"
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-
-
-def _atomic_save_png(path, img: torch.Tensor, normalise: bool = False):
+def _save_png(path, img: torch.Tensor, normalise: bool = False):
     a = img.detach().cpu().float()
     if normalise:
         a = a / a.max().clamp_min(1e-12)
@@ -97,9 +95,7 @@ def _atomic_save_png(path, img: torch.Tensor, normalise: bool = False):
         a = a.transpose(1, 2, 0)
         if a.shape[2] == 1:
             a = a[..., 0]
-    tmp = path + ".tmp.png"
-    Image.fromarray(a).save(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Image.fromarray(a).save(tmp, format="PNG"))
 
 
 def _clean(v):
@@ -160,10 +156,7 @@ def _check_config(out: str, cfg: dict):
             if m not in methods:
                 methods.append(m)
         cfg = {**old, "methods": methods, "sigmas": sorted(set(old.get("sigmas", [])) | set(cfg["sigmas"]))}
-    tmp = path + f".tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(cfg, f, indent=1)
-    os.replace(tmp, path)
+    write_text(path, json.dumps(cfg, indent=1))
     return cfg
 
 
@@ -184,8 +177,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
     specs: list[MethodSpec] = parse_methods(cfg.methods) if isinstance(cfg.methods, str) else [
         s if isinstance(s, MethodSpec) else parse_methods(s)[0] for s in cfg.methods]
     sigmas = parse_sigmas(cfg.sigmas)
-    if cfg.boundary not in ("circular", "valid"):
-        raise ValueError(f"boundary: expected 'circular' or 'valid', got {cfg.boundary!r}")
+    check_boundary(cfg.boundary)
     if cfg.crop is not None and int(cfg.crop) < 8:
         raise ValueError(f"crop: expected at least 8 pixels, got {cfg.crop}")
     if isinstance(cfg.shard, str):
@@ -205,7 +197,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         os.makedirs(os.path.join(out, sub), exist_ok=True)
     cfg_dict = {"dataset": os.path.abspath(cfg.dataset), "crop": cfg.crop, "kernels": cfg.kernels,
                 "seed": int(cfg.seed), "boundary": cfg.boundary, "prior": cfg.prior, "steps": cfg.steps,
-                "methods": [s.label for s in specs], "sigmas": sigmas, "diffem_version": _version()}
+                "methods": [s.label for s in specs], "sigmas": sigmas, "diffem_version": __version__}
     _check_config(out, cfg_dict)
 
     names = [os.path.splitext(os.path.basename(p))[0] for p in images]
@@ -219,10 +211,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
     writer = ResultWriter(os.path.join(out, fname))
     errors_path = os.path.join(out, "errors.jsonl")
 
-    device = cfg.device
-    if device in (None, "auto"):
-        local = os.environ.get("LOCAL_RANK")
-        device = (f"cuda:{local}" if local is not None else "cuda") if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)
     prior_obj = None
     lpips_model = None
     if todo and cfg.lpips_weights:
@@ -241,9 +230,8 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
 
         try:
             prior_obj = load_prior(cfg.prior, device=device)
-        except ImportError as e:
+        except ImportError as e:   # an optional dependency (diffusers) is missing
             raise ValueError(f"prior: {cfg.prior!r} cannot be loaded ({e})") from None
-        prior_obj.eval()
     cache = {}  # image index -> (x_gt_big, kernel)
     seen_warnings = set()
     written, errors = [], []
@@ -263,26 +251,27 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             cache = {i: (x, k)}  # keep one image in memory
             kp = os.path.join(out, "data/kernels", name)
             if not os.path.exists(kp + ".npy"):
-                _atomic_save_npy(kp + ".npy", k.numpy())
-                _atomic_save_png(kp + ".png", k, normalise=True)
+                write_npy(kp + ".npy", k.numpy())
+                _save_png(kp + ".png", k, normalise=True)
         x, k = cache[i]
         sigma = s255 / 255.0
-        seed = bdata.derive_seed(cfg.seed, i, round(s255 * 1000))
+        seed = derive_seed(cfg.seed, i, round(s255 * 1000))
         y_path = os.path.join(out, "data/inputs", f"{name}_{sigma_tag(s255)}.npy")
         y, gt = bdata.make_measurement(x, k, sigma, seed, cfg.boundary)
         if os.path.exists(y_path):  # reuse the saved measurement: identical inputs across resumes/shards
             y = torch.from_numpy(np.load(y_path))
         else:
-            _atomic_save_npy(y_path, y.numpy())
-            _atomic_save_png(y_path[:-4] + ".png", y)
+            write_npy(y_path, y.numpy())
+            _save_png(y_path[:-4] + ".png", y)
         gt_png = os.path.join("data/gt", f"{name}.png")
         if not os.path.exists(os.path.join(out, gt_png)):
-            _atomic_save_png(os.path.join(out, gt_png), gt)
+            _save_png(os.path.join(out, gt_png), gt)
 
         opts = dict(spec.options)
         opts.setdefault("steps", cfg.steps)
         opts.setdefault("device", device)
         opts.setdefault("progress", False)
+        opts.setdefault("boundary", cfg.boundary)   # the methods model the measurement as it was made
         if prior_obj is not None:
             opts.setdefault("prior", prior_obj)
         bar.set_postfix_str(f"{name} σ={s255:g} {spec.label}")
@@ -316,10 +305,10 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             odir = os.path.join(out, "outputs", spec.slug)
             os.makedirs(odir, exist_ok=True)
             stem = f"{name}_{sigma_tag(s255)}"
-            _atomic_save_png(os.path.join(odir, stem + ".png"), image.float())
+            _save_png(os.path.join(odir, stem + ".png"), image.float())
             row["output_png"] = os.path.join("outputs", spec.slug, stem + ".png")
             if k_hat is not None:
-                _atomic_save_npy(os.path.join(odir, stem + "_k.npy"), k_hat.detach().cpu().float().numpy())
+                write_npy(os.path.join(odir, stem + "_k.npy"), k_hat.detach().cpu().float().numpy())
         writer.append(row)
         written.append(row)
         if on_row is not None:
@@ -388,15 +377,6 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
             row[key] = v
     row["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     return _clean(row)
-
-
-def _version():
-    try:
-        from diffem import __version__
-
-        return __version__
-    except ImportError:
-        return None
 
 
 __all__ = ["BenchConfig", "run_benchmark", "shard_from_env", "shard_jobs", "asdict"]

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from diffem.files import atomic_write, write_text
+
 # (row key, column title, format)
 METRICS = [
     ("psnr", "PSNR", "{:.2f}"),
@@ -116,13 +118,12 @@ def to_markdown(summary: list[dict], title: str = "") -> str:
 
 def write_csv(summary: list[dict], path: str):
     keys = ["method", "sigma255", "count", "images"] + [k for k, _, _ in METRICS]
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for e in summary:
-            w.writerow({k: ("" if e.get(k) is None else e[k]) for k in keys})
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    for e in summary:
+        w.writerow({k: ("" if e.get(k) is None else e[k]) for k in keys})
+    write_text(path, buf.getvalue())
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -178,10 +179,8 @@ def pareto_plot(summary: list[dict], path: str, nonblind: set[str] | None = None
     ax.set_title(title or "PSNR vs runtime (mean over images and σ)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_summary(rows: list[dict], out_dir: str, method_order=None, extra_md: str = "",
@@ -202,10 +201,7 @@ def write_summary(rows: list[dict], out_dir: str, method_order=None, extra_md: s
     md += extra_md
     paths = {"markdown": os.path.join(out_dir, "summary.md"), "csv": os.path.join(out_dir, "summary.csv"),
              "plot": os.path.join(out_dir, "pareto.png")}
-    tmp = paths["markdown"] + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(md)
-    os.replace(tmp, paths["markdown"])
+    write_text(paths["markdown"], md)
     write_csv(summary, paths["csv"])
     pareto_plot(summary, paths["plot"], NONBLIND)
     return {"paths": paths, "summary": summary, "markdown": md}
@@ -219,11 +215,7 @@ def merge(directories, out_dir: str | None = None, fid_inception: str | None = N
     rows = load_rows(directories)
     out_dir = out_dir or directories[0]
     os.makedirs(out_dir, exist_ok=True)
-    tmp = os.path.join(out_dir, "merged.jsonl.tmp")
-    with open(tmp, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, os.path.join(out_dir, "merged.jsonl"))
+    write_text(os.path.join(out_dir, "merged.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
     order = None
     cfg_path = os.path.join(directories[0], "config.json")
     if os.path.exists(cfg_path):

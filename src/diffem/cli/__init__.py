@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"diffem.cli.{name}")
-        except ModuleNotFoundError as e:  # a subcommand not written yet
-            if e.name != f"diffem.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"diffem.cli.{name}").register(sub)
     return parser
 
 

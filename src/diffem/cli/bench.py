@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
 DEFAULT_DATASET = os.path.join("..", "shared", "data", "test", "CBSD68")
-DEFAULT_KERNEL_ROOT = os.path.join("..", "shared", "data", "kernels")
 
 
 def register(sub):
@@ -25,16 +23,17 @@ def register(sub):
     p.add_argument("--sigmas", default="5,10,20", help="noise levels on the 0..255 scale (default 5,10,20)")
     p.add_argument("--kernels", default="motion:33",
                    help="generator:size[:key=value,...] (motion, handshake, gaussian, linear, mix), a kernel set "
-                        "(levin, usrnet, lai-uniform) or a .npy file/folder (default motion:33)")
-    p.add_argument("--kernel-root", default=DEFAULT_KERNEL_ROOT,
-                   help=f"folder holding the named kernel sets (default {DEFAULT_KERNEL_ROOT})")
+                        "(levin, usrnet, lai-uniform: shipped; optionally :SIZE) or a .npy file/folder (default motion:33)")
+    p.add_argument("--kernel-root", default=None,
+                   help="folder holding other kernel sets (<set>/npy/*.npy; default: the sets shipped with diffem)")
     p.add_argument("--crop", type=int, default=256, help="centre-crop size (0 = whole images; default 256)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images (sorted by name)")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: each method's own)")
     p.add_argument("--prior", default="default", help="prior name or checkpoint (default 'default')")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--boundary", choices=("circular", "valid"), default="circular",
-                   help="circular convolution (the authors' protocol) or 'valid' (real borders)")
+    p.add_argument("--boundary", default="circular",
+                   help="circular convolution (the authors' protocol) or 'valid' (real borders); the methods "
+                        "use the same model")
     p.add_argument("--device", default="auto")
     p.add_argument("--shard", default=None, help="i/N: run only this shard (default: from torchrun/SLURM env)")
     p.add_argument("--no-save-outputs", action="store_true", help="do not save restored images and kernels")

@@ -12,10 +12,9 @@ import numpy as np
 
 from diffem.cli import CLIError
 
-METHODS = ("fast-em-pigdm", "fast-em-dps", "em-pigdm", "em-dps")
 FORMATS = ("png", "tif", "jpg")
 DEMO_INPUTS = ("real_cross_stitch.jpg", "synthetic_chelsea_blurred.png")
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"   # package data: src/diffem/examples
 
 
 def _outputs(stem: str, outdir: str, fmt: str, n_samples: int) -> dict:
@@ -36,7 +35,7 @@ def _figure(path: str, blurry: np.ndarray, restored: np.ndarray, kernel: np.ndar
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from diffem.realphoto.io import _atomic
+    from diffem.files import atomic_write
 
     H, W = blurry.shape[:2]
     aspect = W / H
@@ -56,7 +55,7 @@ def _figure(path: str, blurry: np.ndarray, restored: np.ndarray, kernel: np.ndar
     ax.axis("off")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _check_outputs_do_not_clobber(outputs: dict, protected: set) -> None:
@@ -67,16 +66,15 @@ def _check_outputs_do_not_clobber(outputs: dict, protected: set) -> None:
 
 def _process_one(path: str, args, prior, sigma, protected: set, version: str) -> dict:
     import diffem
+    from diffem.files import write_npy, write_text
     from diffem.realphoto import deblur_photo, read_photo, write_photo
-    from diffem.realphoto.io import kernel_to_image, write_npy, write_text
+    from diffem.realphoto.io import kernel_to_image
 
     stem = Path(path).stem
     outputs = _outputs(stem, args.output, args.format, args.particles if args.save_samples else 0)
     _check_outputs_do_not_clobber(outputs, protected)
     photo = read_photo(path)
     H, W = photo.pixels.shape[:2]
-    if min(H, W) < args.kernel_size:
-        raise ValueError(f"image {W}x{H} is smaller than the kernel size {args.kernel_size} (use a smaller --kernel-size)")
     t0 = time.perf_counter()
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
@@ -126,51 +124,45 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     return {"input": path, "outputs": outputs, "sigma": res.sigma, "estimated": res.sigma_estimated, "time": elapsed}
 
 
-def _load_prior_or_fail(name: str, device, preset, fallback: bool):
-    import diffem
-    from diffem.priors import PRIOR_NAMES
+def _load_prior_or_fail(name: str, dev, preset, fallback: bool):
+    from diffem.priors import PRIOR_NAMES, load_prior
 
     path = name.removeprefix("diffusers:")
     if name not in PRIOR_NAMES and not os.path.exists(path):
         raise CLIError(f"--prior: unknown prior {name!r} (names: {', '.join(PRIOR_NAMES)}, a checkpoint path "
                        "or diffusers:FOLDER)")
-    dev = diffem.api.resolve_device(device)
     try:
-        return diffem.api._load(name, dev, preset), name
+        return load_prior(name, preset=preset, device=dev), name
     except (ImportError, FileNotFoundError, OSError, KeyError) as e:
         if name == "default" and fallback:
             print(f"diffem: the default prior's weights are not available ({type(e).__name__}: {e}); "
                   "falling back to the Gaussian prior (results will be much softer)", file=sys.stderr)
-            return diffem.api._load("gaussian", dev, None), "gaussian"
+            return load_prior("gaussian", device=dev), "gaussian"
         if name == "default":
             raise CLIError(f"--prior default: the bundled prior could not be loaded ({e}); "
                            "use --prior gaussian or --prior PATH") from None
         raise CLIError(f"--prior {name!r}: could not be loaded ({e})") from None
 
 
-def _validate(args) -> float | str:
-    """Checks the options; returns σ ('auto' or a float)."""
-    from diffem.realphoto import parse_sigma
+def _validate(args):
+    """Checks the options with the library's own validators (messages name the option);
+    returns (σ: 'auto' or a float, the device)."""
+    from diffem.api import BLIND_METHODS
+    from diffem.measurement import (check_boundary, check_choice, check_kernel_size, check_positive_int,
+                                    parse_sigma, resolve_device)
+    from diffem.realphoto.pipeline import RESTORE_MODES
 
-    if args.method not in METHODS:
-        raise CLIError(f"--method: unknown method {args.method!r} (choose from {', '.join(METHODS)})")
-    if args.format not in FORMATS:
-        raise CLIError(f"--format: expected one of {', '.join(FORMATS)}, got {args.format!r}")
-    for name in ("kernel_size", "particles", "window"):
-        if getattr(args, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')}: must be a positive integer")
-    if args.kernel_size < 3 or args.kernel_size % 2 == 0:
-        raise CLIError(f"--kernel-size: must be an odd integer ≥ 3, got {args.kernel_size}")
+    check_choice(args.method, BLIND_METHODS, "--method")
+    check_choice(args.format, FORMATS, "--format")
+    check_kernel_size(args.kernel_size, name="--kernel-size")
+    check_positive_int(args.particles, "--particles")
     if args.window < 2 * args.kernel_size:
         raise CLIError(f"--window: must be at least twice the kernel size ({2 * args.kernel_size}), got {args.window}")
-    if args.steps is not None and args.steps < 1:
-        raise CLIError("--steps: must be a positive integer")
-    if args.restore not in ("auto", "wiener", "diffusion"):
-        raise CLIError(f"--restore: expected auto, wiener or diffusion, got {args.restore!r}")
-    try:
-        return parse_sigma(args.sigma)
-    except ValueError as e:
-        raise CLIError(f"--{e}") from None
+    if args.steps is not None:
+        check_positive_int(args.steps, "--steps")
+    check_choice(args.restore, RESTORE_MODES, "--restore")
+    check_boundary(args.boundary, "--boundary")
+    return parse_sigma(args.sigma, "--sigma", allow_auto=True), resolve_device(args.device, "--device")
 
 
 def _prepare_output(args) -> None:
@@ -192,7 +184,7 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
     import diffem
     from diffem.realphoto import expand_inputs
 
-    sigma = _validate(args)
+    sigma, args.device = _validate(args)
     files, problems = expand_inputs(args.inputs)
     for _, msg in problems:
         print(f"diffem {args.command}: error: {msg}", file=sys.stderr)
@@ -230,8 +222,8 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
 def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int = 256) -> None:
     p.add_argument("-o", "--output", default="deblurred", help="output folder (created if missing)")
     p.add_argument("--sigma", default="auto", help="noise std on [0,1]: 'auto' (estimated), 0.02 or 5/255")
-    p.add_argument("--kernel-size", type=int, default=33, help="side of the estimated kernel (odd)")
-    p.add_argument("--method", default="fast-em-pigdm", help=f"one of {', '.join(METHODS)}")
+    p.add_argument("--kernel-size", type=int, default=33, help="side of the estimated kernel (≥ 3, larger than the blur)")
+    p.add_argument("--method", default="fast-em-pigdm", help="fast-em-pigdm | fast-em-dps | em-pigdm | em-dps")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,
                    help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")
@@ -243,9 +235,9 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int =
                    help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW region")
     p.add_argument("--restore", default="auto",
                    help="full-photo restoration for large photos: auto (= wiener) | wiener (fast) | diffusion (tiles)")
-    p.add_argument("--boundary", default="valid", choices=("valid", "periodic"),
+    p.add_argument("--boundary", default="valid",
                    help="valid: the photo is a non-circular blur of a larger, unobserved scene (exact); "
-                        "periodic: periodic extension + the circular model (the paper's synthetic setting)")
+                        "circular: smooth periodic extension + the circular model (the paper's synthetic setting)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
     p.add_argument("--save-samples", action="store_true", help="also write every posterior sample")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -254,7 +246,7 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int =
 def _demo(args) -> int:
     examples = Path(args.examples)
     if not examples.is_dir():
-        raise CLIError(f"examples folder {str(examples)!r} not found (run the demo from a clone of the repository)")
+        raise CLIError(f"--examples: folder {str(examples)!r} not found")
     inputs = [str(examples / n) for n in DEMO_INPUTS if (examples / n).is_file()]
     if not inputs:
         raise CLIError(f"no example image in {str(examples)!r}")

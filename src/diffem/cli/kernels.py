@@ -2,7 +2,6 @@
 ``diffem fig4`` (the paper's Figure 4: kernel regularisers vs noise)."""
 from __future__ import annotations
 
-import argparse
 import os
 
 from diffem.cli import CLIError
@@ -10,7 +9,7 @@ from diffem.cli import CLIError
 
 def _kernels(args) -> int:
     from diffem.kernels.generators import GENERATORS, make_generator
-    from diffem.kernels.loaders import KERNEL_SETS, load_kernel_set
+    from diffem.kernels.loaders import load_kernel_set
     from diffem.kernels.plot import save_kernel_grid
 
     if args.n < 1:
@@ -33,10 +32,8 @@ def _kernels(args) -> int:
         raise CLIError(f"-o: {out!r} is a folder; give a .png file name")
     save_kernel_grid(ks, out, title=title)
     if args.save_npy:
-        import numpy as np
-        tmp = args.save_npy + ".tmp.npy"
-        np.save(tmp, ks.numpy())
-        os.replace(tmp, args.save_npy)
+        from diffem.files import write_npy
+        write_npy(args.save_npy, ks.numpy())
     print(f"wrote {out} ({len(ks)} kernels)")
     return 0
 
@@ -70,9 +67,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("kernels", help="render generated (or public) blur kernels as a grid PNG",
                               description="Render kernels from a generator (or a public set) as a PNG grid.")
     p.add_argument("--generator", default="motion", help="motion, handshake, gaussian, linear or mix (default motion)")
-    p.add_argument("--set", default=None, help="render a public kernel set instead (Levin09, USRNet_kernels12, "
-                   "USRNet_large, Lai16_uniform, Lai16_real_estimates)")
-    p.add_argument("--root", default=None, help="folder holding the kernel sets (with --set)")
+    p.add_argument("--set", default=None, help="render a public kernel set instead (levin09, usrnet, lai-uniform "
+                   "are shipped; USRNet_large, Lai16_real_estimates need --root)")
+    p.add_argument("--root", default=None, help="folder holding other kernel sets (with --set)")
     p.add_argument("--size", type=int, default=33, help="kernel size (default 33)")
     p.add_argument("-n", type=int, default=16, help="number of kernels (default 16)")
     p.add_argument("--seed", type=int, default=0)
@@ -102,7 +99,8 @@ def register(subparsers) -> None:
     f = subparsers.add_parser("fig4", help="paper Figure 4: kernel MSE of l1 / l2 / PnP regularisers vs noise",
                               description="Kernel estimation with known sharp and blurry images (HQS M-step), "
                                           "l1 vs l2 vs PnP, as a function of the noise level.")
-    f.add_argument("--images", default="/work/shared/data/test/CBSD68", help="folder of test images (CBSD68)")
+    f.add_argument("--images", default=os.path.join("..", "shared", "data", "test", "CBSD68"),
+                   help="folder of test images (default: CBSD68 in the project's shared data folder)")
     f.add_argument("--sizes", type=int, nargs="+", default=[33, 64])
     f.add_argument("--sigmas", type=float, nargs="+", default=[0, 2.5, 5, 10, 15, 20],
                    help="noise levels in /255 units")

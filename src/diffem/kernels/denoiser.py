@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from diffem.files import atomic_write
+
 FORMAT = "diffem-kernel-denoiser"
 VERSION = "1"
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -92,15 +94,11 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def save_kernel_denoiser(model: KernelDenoiser, path, **metadata) -> str:
-    """Write weights + metadata (size, σ range, version, …) as safetensors, via a temp file + rename."""
+    """Write weights + metadata (size, σ range, version, …) as safetensors, atomically."""
     from safetensors.torch import save_file
 
-    path = os.fspath(path)
-    tmp = path + ".tmp"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, tmp, metadata=model.metadata(**metadata))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=model.metadata(**metadata)))
 
 
 def read_metadata(path) -> dict[str, str]:

@@ -5,8 +5,8 @@ HQS M-step (``diffem.mstep.estimate_kernel``, Eq. 21–25, β = 1e5, 10 iteratio
 estimates k with one of three regularisers, each with its own λ tuned on held-out images:
 
   * ``l1``  — the authors' ℓ1 step: soft threshold λ/β, then clip + renormalise (mstep "l1");
-  * ``l2``  — the exact proximal step of λ‖K‖² on the simplex: Euclidean projection of βZ/(β+2λ)
-    onto {K ≥ 0, ΣK = 1}. (The authors' "l2", a rescaling followed by clip + renormalise, cancels
+  * ``l2``  — the exact proximal step of λ‖K‖² on the simplex (mstep "l2"): Euclidean projection of
+    βZ/(β+2λ) onto {K ≥ 0, ΣK = 1}. (The authors' "l2", a rescaling followed by clip + renormalise, cancels
     out and equals no regularisation; it is listed as ``none`` for reference.)
   * ``pnp`` — Eq. 25, K = D_{√(λ/β)}(Z) with diffem's trained kernel denoiser.
 
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from diffem.kernels.generators import HandShakeGenerator, MixtureGenerator, MotionBlurGenerator
+from diffem.files import write_text
 from diffem.kernels.plot import save_figure
 from diffem.mstep import estimate_kernel
 from diffem.physics import blur, delta_kernel
@@ -46,26 +47,6 @@ LAMBDA_GRID = {
     "pnp": [0.05, 0.2, 1.0, 3.0, 10.0, 40.0],
 }
 FIG4_SEED = 4242  # kernel seed offset: far from the training pools (seeds 0 and 10000)
-
-
-def project_simplex_euclidean(v: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of (…, k, k) arrays onto {K ≥ 0, ΣK = 1} (sort-based algorithm)."""
-    shape = v.shape
-    flat = v.reshape(-1, shape[-2] * shape[-1])
-    u, _ = torch.sort(flat, dim=1, descending=True)
-    css = u.cumsum(1) - 1
-    idx = torch.arange(1, flat.shape[1] + 1, dtype=v.dtype, device=v.device)
-    cond = u - css / idx > 0
-    rho = cond.to(torch.int64).cumsum(1).argmax(1, keepdim=True)  # last index where cond holds
-    tau = css.gather(1, rho) / (rho + 1).to(v.dtype)
-    return (flat - tau).clamp_min(0).reshape(shape)
-
-
-def l2_prox(z: torch.Tensor, sigma) -> torch.Tensor:
-    """Exact prox of λ‖K‖² + simplex with weight β, written as a 'denoiser' D(z, √(λ/β)):
-    argmin λ‖K‖² + β/2‖K − Z‖² on the simplex = Π_simplex(Z / (1 + 2λ/β)), λ/β = σ²."""
-    s = float(sigma) if not torch.is_tensor(sigma) else float(sigma.flatten()[0])
-    return project_simplex_euclidean(z / (1.0 + 2.0 * s * s))
 
 
 def load_images(folder, n: int, crop: int, offset: int = 0) -> list[torch.Tensor]:
@@ -99,8 +80,6 @@ def test_kernels(size: int, n: int, seed: int = 0) -> torch.Tensor:
 
 def estimate(x, y, sigma, size, reg, lam, denoiser, n_iter=N_ITER):
     k0 = delta_kernel(size, dtype=torch.float32)
-    if reg == "l2":
-        return estimate_kernel(x, y, sigma, k0, n_iter=n_iter, lam=lam, beta=BETA, regulariser="pnp", denoiser=l2_prox)
     return estimate_kernel(x, y, sigma, k0, n_iter=n_iter, lam=lam, beta=BETA, regulariser=reg,
                            denoiser=denoiser if reg == "pnp" else None)
 
@@ -142,15 +121,6 @@ def tune_lambdas(images, kernels, size, denoiser, sigmas=(5 / 255, 10 / 255, 20 
             table[r] = dict(zip(grid, scores))
             best[r] = grid[int(np.argmin(scores))]
     return best, table
-
-
-def _write_atomic(path, text: str):
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def plot_fig4(results: dict, sigmas255, path):
@@ -224,10 +194,10 @@ def update_markdown(path, block: str, tag: str = "fig4"):
         text = text[:i] + new.rstrip("\n") + text[j:]
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + new
-    _write_atomic(path, text)
+    write_text(path, text)
 
 
-def run_fig4(images="/work/shared/data/test/CBSD68", sizes=(33, 64), sigmas255=(0, 2.5, 5, 10, 15, 20),
+def run_fig4(images, sizes=(33, 64), sigmas255=(0, 2.5, 5, 10, 15, 20),
              n_images=6, n_kernels=3, crop=128, out_png="docs/figures/kernels_fig4.png",
              out_md="docs/benchmarks/kernels.md", tune=False, seed=0, threads=None, denoisers=None,
              lambdas=None, regularisers=REGULARISERS, progress=True, n_tune_images=1, n_tune_kernels=2):

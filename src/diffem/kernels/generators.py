@@ -418,13 +418,14 @@ def hand_shake_kernel(size: int, seed: int | None = None, **params) -> torch.Ten
     return HandShakeGenerator(size, seed=seed, **params).step(1)[0]
 
 
-def gaussian_kernel(size: int, sigma: float, sigma2: float | None = None, angle: float = 0.0) -> torch.Tensor:
+def gaussian_kernel(size: int, sigma: float, sigma2: float | None = None, angle: float = 0.0,
+                    dtype=torch.float32) -> torch.Tensor:
     """A deterministic (an)isotropic Gaussian kernel (σ along the rotated axes, angle in degrees)."""
     size = _check_size(size)
     s1 = _check_range("sigma", sigma, 0.0, math.inf, lo_open=True)[0]
     s2 = s1 if sigma2 is None else _check_range("sigma2", sigma2, 0.0, math.inf, lo_open=True)[0]
     angle = _check_range("angle", angle, -math.inf, math.inf)[0]
-    return torch.from_numpy(_gaussian_array(size, s1, s2, angle).astype(np.float32))
+    return torch.from_numpy(_gaussian_array(size, s1, s2, angle)).to(dtype)
 
 
 def linear_motion_kernel(size: int, length: float, angle: float = 0.0, blur: float = 0.3) -> torch.Tensor:

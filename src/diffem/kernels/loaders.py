@@ -1,9 +1,12 @@
 """Loaders for the public kernel sets (Levin09, USRNet, Lai16), as (n, size, size) centred kernels.
 
-The ``.npy`` files of ``shared/data/kernels/<set>/npy`` are MATLAB-``conv2`` convolution kernels and
-diffem's blur is a true convolution too, so they are used as they are (no flip). Each kernel is
-zero-padded to ``size`` with its centre of mass moved to (⌊size/2⌋, ⌊size/2⌋): an integer placement,
-then (``subpixel=True``) a sub-pixel bilinear shift (exact centre of mass, no ringing).
+Levin09, USRNet_kernels12 and Lai16_uniform ship with diffem (``kernels/data``, sources and terms in
+its README); other sets are read from a folder (``root=``, or ``$DIFFEM_KERNELS``) holding
+``<set>/npy/*.npy`` as the project's shared data does. The ``.npy`` files are MATLAB-``conv2``
+convolution kernels and diffem's blur is a true convolution too, so they are used as they are (no
+flip). Each kernel is zero-padded to ``size`` with its centre of mass moved to (⌊size/2⌋, ⌊size/2⌋):
+an integer placement, then (``subpixel=True``) a sub-pixel bilinear shift (exact centre of mass, no
+ringing).
 """
 from __future__ import annotations
 
@@ -16,19 +19,21 @@ import torch
 from diffem.kernels.generators import splat
 from diffem.physics import center_of_mass
 
+BUNDLED = Path(__file__).resolve().parent / "data"
+BUNDLED_SETS = ("Levin09", "USRNet_kernels12", "Lai16_uniform")
+# the one alias table (case-insensitive): name -> set folder
 KERNEL_SETS = {
-    "Levin09": "Levin09",
-    "levin": "Levin09",
-    "USRNet_kernels12": "USRNet_kernels12",
-    "usrnet12": "USRNet_kernels12",
-    "USRNet_large": "USRNet_large",
-    "Lai16_uniform": "Lai16_uniform",
-    "lai": "Lai16_uniform",
-    "Lai16_real_estimates": "Lai16_real_estimates",
+    "levin09": "Levin09", "levin": "Levin09",
+    "usrnet_kernels12": "USRNet_kernels12", "usrnet12": "USRNet_kernels12", "usrnet": "USRNet_kernels12",
+    "usrnet_large": "USRNet_large",
+    "lai16_uniform": "Lai16_uniform", "lai-uniform": "Lai16_uniform", "lai": "Lai16_uniform",
+    "lai16_real_estimates": "Lai16_real_estimates",
 }
-DEFAULT_ROOT = Path(os.environ.get("DIFFEM_KERNELS", "/work/shared/data/kernels"))
-# the 8 Levin kernels travel with the tests (tests/data/kernels_levin), for clones without shared/
-_REPO_LEVIN = Path(__file__).resolve().parents[3] / "tests" / "data" / "kernels_levin"
+
+
+def kernel_set(name: str) -> str | None:
+    """The set folder a name refers to (any case), or None."""
+    return KERNEL_SETS.get(str(name).lower())
 
 
 def _npy_files(folder: Path) -> list[Path]:
@@ -37,19 +42,23 @@ def _npy_files(folder: Path) -> list[Path]:
 
 def find_kernel_files(name: str, root=None) -> list[Path]:
     """The .npy files of a set. ``root`` may be the kernels folder (holding <set>/npy), the set's
-    folder, or a folder of .npy files."""
-    if name not in KERNEL_SETS:
-        raise ValueError(f"name: unknown kernel set {name!r} (choose from {', '.join(sorted(set(KERNEL_SETS.values())))})")
-    set_name = KERNEL_SETS[name]
-    roots = [Path(root)] if root is not None else [DEFAULT_ROOT]
-    if root is None and set_name == "Levin09":
-        roots.append(_REPO_LEVIN)
+    folder, or a folder of .npy files; without it: ``$DIFFEM_KERNELS``, then the shipped sets."""
+    set_name = kernel_set(name)
+    if set_name is None:
+        raise ValueError(f"name: unknown kernel set {name!r} (choose from {', '.join(sorted(KERNEL_SETS))})")
+    if root is not None:
+        roots = [Path(root)]
+    else:
+        roots = [Path(os.environ["DIFFEM_KERNELS"])] if os.environ.get("DIFFEM_KERNELS") else []
+        if set_name in BUNDLED_SETS:
+            roots.append(BUNDLED)
     for r in roots:
         for cand in (r / set_name / "npy", r / set_name, r / "npy", r):
             files = _npy_files(cand)
             if files:
                 return files
-    raise FileNotFoundError(f"kernel set {set_name!r}: no .npy files under {', '.join(map(str, roots))}")
+    where = ", ".join(map(str, roots)) or "no folder (pass root= / --kernel-root, or set DIFFEM_KERNELS)"
+    raise FileNotFoundError(f"kernel set {set_name!r}: no .npy files under {where}")
 
 
 def place_kernel(k: np.ndarray | torch.Tensor, size: int, subpixel: bool = True) -> torch.Tensor:
@@ -94,10 +103,9 @@ def place_kernel(k: np.ndarray | torch.Tensor, size: int, subpixel: bool = True)
 def load_kernel_set(name: str, size: int, root=None, subpixel: bool = True, too_large: str = "error"):
     """Kernels of a public set as a (n, size, size) float32 tensor (sum 1, centred).
 
-    name: Levin09 (alias levin), USRNet_kernels12, USRNet_large, Lai16_uniform, Lai16_real_estimates.
-    root: the folder holding the sets (default: $DIFFEM_KERNELS or /work/shared/data/kernels; the
-    Levin kernels fall back to tests/data/kernels_levin). too_large: "error" (ValueError) or "skip"
-    for kernels larger than ``size``.
+    name: Levin09 (levin), USRNet_kernels12 (usrnet), Lai16_uniform (lai-uniform), USRNet_large,
+    Lai16_real_estimates, in any case. root: the folder holding the sets (default: $DIFFEM_KERNELS,
+    then the shipped sets). too_large: "error" (ValueError) or "skip" for kernels larger than ``size``.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 3:
         raise ValueError(f"size must be an integer >= 3, got {size!r}")

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 
 import numpy as np
+
+from diffem.files import atomic_write
 
 
 def save_kernel_grid(kernels, path, ncols: int | None = None, title: str | None = None,
@@ -43,19 +43,10 @@ def save_kernel_grid(kernels, path, ncols: int | None = None, title: str | None 
 
 
 def save_figure(fig, path, dpi: int = 100) -> str:
-    """Write a matplotlib figure as PNG atomically (temp file in the same folder, then rename) and close it."""
+    """Write a matplotlib figure as PNG atomically and close it."""
     import matplotlib.pyplot as plt
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from diffem.kernels.denoiser import KernelDenoiser, save_kernel_denoiser
 from diffem.kernels.generators import training_mixture
+from diffem.files import atomic_write
 from diffem.physics import project_simplex
 
 # σ ranges chosen by measurement (docs/benchmarks/kernels.md): they bracket the M-step's
@@ -117,9 +118,7 @@ def _save_checkpoint(path: str, model, opt, iteration: int, config: dict):
         for name, v in st.items():
             tensors[f"adam.{idx}.{name}"] = torch.as_tensor(v).detach().cpu().contiguous().reshape(-1)
     meta = {"iteration": str(iteration), **{k: str(v) for k, v in config.items()}}
-    tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def _load_checkpoint(path: str, model, opt, config: dict) -> int:

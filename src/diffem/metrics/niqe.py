@@ -29,6 +29,8 @@ from PIL import Image
 from scipy.ndimage import correlate
 from scipy.special import gamma as G
 
+from diffem.files import atomic_write
+
 PARAMS_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "weights", "niqe_params.npz")
 
 _ALPHAS = np.arange(0.2, 10.0005, 0.001)
@@ -180,10 +182,9 @@ def fit_niqe_params(folder: str, out: str = PARAMS_PATH, patch_size: int = 96, s
         feats.append(niqe_features(im.transpose(2, 0, 1), patch_size, select_sharp=sharp_th))
     feats = np.concatenate(feats)
     mu, cov = feats.mean(0), np.cov(feats, rowvar=False)
-    tmp = out + ".tmp.npz"
-    np.savez(tmp, mu=mu, cov=cov, patch_size=patch_size, n_images=len(files), n_patches=len(feats),
-             source=os.path.abspath(folder), sharp_threshold=sharp_th)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: np.savez(tmp, mu=mu, cov=cov, patch_size=patch_size, n_images=len(files),
+                                           n_patches=len(feats), source=os.path.abspath(folder),
+                                           sharp_threshold=sharp_th))
     load_niqe_params.cache_clear()
     return {"n_images": len(files), "n_patches": len(feats), "path": out}
 

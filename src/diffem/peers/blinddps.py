@@ -10,8 +10,8 @@ Two diffusions run side by side on the same schedule: the image x_t under any di
     x_{t−1} = x'_{t−1} − scale·√ᾱ_t·∇_{x_t} L,   z_{t−1} = z'_{t−1} − scale·√ᾱ_t·∇_{z_t} L
 
 where x'_{t−1}, z'_{t−1} are plain DDPM steps and the gradients flow through both networks.
-Differences with the authors' code: the blur is diffem's circular true convolution (theirs is a
-reflect-padded correlation); the DDPM variance is "fixed small" (our networks do not learn it); the ℓ1
+Differences with the authors' code: the blur is diffem's true convolution with ``Blur``'s boundary
+model, circular or valid (theirs is a reflect-padded correlation); the DDPM variance is "fixed small" (our networks do not learn it); the ℓ1
 term is taken on the kernel before normalisation (after it, ‖k̂‖₁ = 1 and the term has no gradient).
 """
 from __future__ import annotations
@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffem.measurement import as_measurement, check_boundary, check_kernel_size, parse_sigma, resolve_device
 from diffem.peers.kernel_diffusion import KERNEL_SIZE, PAD_SIZE, center_crop_or_pad, crop_net, load_kernel_prior
-from diffem.physics import blur
-from diffem.api import prepare_measurement
+from diffem.physics import Blur, delta_kernel
+from diffem.priors import load_prior
 from diffem.schedule import Schedule
 
 
@@ -36,7 +37,7 @@ def _kernel_from_z0(z0: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, t
 def deblur_blind_dps(y, sigma: float = 0.0, prior="default", kernel_size: int = KERNEL_SIZE, steps=1000,
                      seed: int = 0, progress: bool = True, *, kernel_prior=None, reg: float = 1.0,
                      scale: float = 1.0, kernel_scale: float | None = None, device="cpu",
-                     return_info: bool = False):
+                     boundary: str = "circular", return_info: bool = False):
     """Blind deblurring by BlindDPS. Returns (image (C,H,W) in [0,1], kernel (k,k) ≥ 0 summing to 1).
 
     y: (C,H,W), (1,C,H,W) or (H,W) on [0,1]. sigma is not used by the update (BlindDPS ignores it; kept
@@ -45,34 +46,26 @@ def deblur_blind_dps(y, sigma: float = 0.0, prior="default", kernel_size: int = 
     ``Schedule`` (the original uses 1000). reg: weight of the ℓ1 kernel term (``run_deblur.sh`` uses 1).
     scale / kernel_scale: multipliers of the √ᾱ_t step for the image / kernel (kernel_scale defaults
     to scale). kernel_size ≠ 33 crops or zero-pads the 33×33 kernel model's output around its centre.
+    boundary: 'circular' or 'valid' (the image lives on ``Blur``'s larger canvas; only y's pixels are fitted).
     """
-    from diffem.priors import Prior, load_prior
-
-    if not isinstance(kernel_size, (int, np.integer)) or isinstance(kernel_size, bool) or kernel_size < 3:
-        raise ValueError(f"kernel_size: expected an integer ≥ 3, got {kernel_size!r}")
-    if sigma < 0:
-        raise ValueError(f"sigma: must be ≥ 0, got {sigma}")
+    sigma = parse_sigma(sigma, allow_zero=True)
+    boundary = check_boundary(boundary)
     for name, v in (("reg", reg), ("scale", scale)):
         if not np.isfinite(v) or v < 0:
             raise ValueError(f"{name}: must be finite and ≥ 0, got {v}")
-    dev = torch.device(device)
-    p = prior if isinstance(prior, Prior) else load_prior(prior, device=dev)
-    kp = kernel_prior if kernel_prior is not None else load_kernel_prior(device=dev)
-    for net in (p, kp):
-        net.eval()
-        for q in net.parameters():
-            q.requires_grad_(False)
-    y4, gray = prepare_measurement(y, p.channels, dev)
-    H, W = y4.shape[-2:]
-    if kernel_size > min(H, W):
-        raise ValueError(f"kernel_size: {kernel_size} is larger than the image {H}x{W}")
+    dev = resolve_device(device)
+    p = load_prior(prior, device=dev)
+    kp = load_prior(load_kernel_prior(device=dev) if kernel_prior is None else kernel_prior, device=dev)
+    y4, gray = as_measurement(y, p.channels, dev)
+    kernel_size = check_kernel_size(kernel_size, y4.shape)
+    physics = Blur.for_measurement(y4, delta_kernel(kernel_size, device=dev), 0.0, boundary, p.multiple)
     y_pm = 2 * y4 - 1                         # BlindDPS works on the [−1, 1] scale
-    clip_img = getattr(p, "clip_denoised", True)
+    clip_img = p.clip_denoised
     kscale = scale if kernel_scale is None else kernel_scale
 
-    sched = Schedule(steps, T=p.T, betas=p.betas)
+    sched = Schedule.for_prior(p, steps)
     g = torch.Generator().manual_seed(int(seed))
-    x = torch.randn(y4.shape, generator=g).to(dev)
+    x = torch.randn((1, p.channels) + physics.canvas_shape, generator=g).to(dev)
     z = torch.randn((1, 1, PAD_SIZE, PAD_SIZE), generator=g).to(dev)
     losses = []
     for i in tqdm(reversed(range(len(sched))), total=len(sched), desc="BlindDPS", disable=not progress):
@@ -83,7 +76,7 @@ def deblur_blind_dps(y, sigma: float = 0.0, prior="default", kernel_size: int = 
             x0 = p.x0(x, t, clip=clip_img)
             z0 = kp.x0(z, t, clip=True)
             raw, k = _kernel_from_z0(z0, kernel_size)
-            residual = y_pm - blur(x0, k)
+            residual = y_pm - physics.with_kernel(k).A(x0)
             loss = torch.linalg.vector_norm(residual) + reg * raw.sum()
             gx, gz = torch.autograd.grad(loss, [x, z])
         losses.append(float(loss.detach()))
@@ -95,7 +88,7 @@ def deblur_blind_dps(y, sigma: float = 0.0, prior="default", kernel_size: int = 
             z = sched.ddpm_step(z.detach(), z0.detach(), i, noise_z) - kscale * step * gz
         if not torch.isfinite(x).all() or not torch.isfinite(z).all():
             raise FloatingPointError(f"BlindDPS diverged at step {i} (reduce scale)")
-    image = ((x0.detach()[0] + 1) / 2).clamp(0, 1)
+    image = ((physics.crop(x0.detach())[0] + 1) / 2).clamp(0, 1)
     if gray:
         image = image.mean(0, keepdim=True)
     kernel = k.detach().float()

@@ -107,7 +107,7 @@ def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float
 
     from diffem.kernels.generators import training_mixture
     from diffem.priors.adm import save_safetensors
-    from diffem.schedule import linear_betas
+    from diffem.schedule import Schedule
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -127,7 +127,7 @@ def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float
     for p in ema_net.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    abar = torch.tensor(np.cumprod(1 - linear_betas()), dtype=torch.float32)
+    schedule = Schedule()   # linear β, T = 1000
     cfg = net.config
     t_start = time.process_time()
     losses = []
@@ -150,10 +150,9 @@ def train_kernel_prior(out, *, n_kernels: int = 6000, batch: int = 32, lr: float
     while step < max_steps and time_left():
         idx = torch.randint(0, len(data), (batch,), generator=g)
         x0 = kernel_to_net(_dihedral(data[idx], g))
-        t = torch.randint(0, len(abar), (batch,), generator=g)
+        t = torch.randint(0, schedule.T, (batch,), generator=g)
         noise = torch.randn(x0.shape, generator=g)
-        a = abar[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        x_t = schedule.q_sample(x0, t, noise)
         loss = F.mse_loss(net(x_t, t), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from diffem.api import as_chw
+from diffem.measurement import as_image, check_boundary, check_kernel_size, parse_sigma
 from diffem.physics import crop_kernel, kernel_to_otf
 
 DEFAULTS = dict(lam=4e-3, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iterations=5, scale_factor=0.5,
@@ -221,26 +221,21 @@ def estimate_kernel_l0(v: torch.Tensor, kernel_size: int, *, lam, lam_ratio, lam
 
 
 def deblur_l0(y, sigma: float = 0.0, kernel_size: int = 33, *, high_noise: bool = False,
-              boundary: str = "periodic", progress: bool = True, **options):
+              boundary: str = "circular", progress: bool = True, **options):
     """Blind deblurring with the ℓ0 gradient prior (Anger et al., IPOL 2019).
 
     y: (C,H,W), (1,C,H,W) or (H,W) in [0,1]. sigma: noise std on [0,1] (used only by ``high_noise``).
-    kernel_size: odd kernel size. boundary: "periodic" (circularly blurred data, diffem's benchmarks)
-    or "symmetric" (real photos: mirror padding by half the kernel size plus edge tapering, as IPOL).
+    kernel_size: ≥ 3. boundary: "circular" (circularly blurred data, diffem's benchmarks) or "valid"
+    (real photos: IPOL's mirror padding by half the kernel size plus edge tapering).
     options override DEFAULTS (lam, lam_ratio, lam_min, gamma, iterations, scale_factor,
     kernel_threshold, remove_isolated, tv_lambda, tv_gamma, tv_iterations); tv_lambda=None means
     3000 (IPOL's value) capped at 0.25/σ².
     Returns (image (C,H,W) float32 in [0,1], kernel (k,k) float32, ≥0, sum 1).
     """
-    y = as_chw(y).to(torch.float64)
-    if not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size: expected an odd integer ≥ 3, got {kernel_size!r}")
-    if kernel_size > min(y.shape[-2:]):
-        raise ValueError(f"kernel_size: {kernel_size} is larger than the image {tuple(y.shape[-2:])}")
-    if sigma < 0:
-        raise ValueError(f"sigma: must be ≥ 0, got {sigma}")
-    if boundary not in ("periodic", "symmetric"):
-        raise ValueError(f"boundary: expected 'periodic' or 'symmetric', got {boundary!r}")
+    y = as_image(y, dtype=torch.float64)[0]
+    kernel_size = check_kernel_size(kernel_size, y.shape)
+    sigma = parse_sigma(sigma, allow_zero=True)
+    boundary = check_boundary(boundary)
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
@@ -256,7 +251,7 @@ def deblur_l0(y, sigma: float = 0.0, kernel_size: int = 33, *, high_noise: bool 
     # 1. preprocessing: grey, min-max normalised (the kernel does not depend on the affine change)
     v = y.mean(0)
     v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
-    if boundary == "symmetric":
+    if boundary == "valid":
         v = edgetaper(v, torch.full((kernel_size, kernel_size), 1.0 / kernel_size ** 2, dtype=v.dtype))
     k, _ = estimate_kernel_l0(v, kernel_size, lam=p["lam"], lam_ratio=p["lam_ratio"], lam_min=p["lam_min"],
                               gamma=p["gamma"], iterations=p["iterations"], scale_factor=p["scale_factor"],
@@ -267,12 +262,12 @@ def deblur_l0(y, sigma: float = 0.0, kernel_size: int = 33, *, high_noise: bool 
     scale = float(y.max().clamp_min(1e-12))
     f = y / scale
     pad = kernel_size // 2
-    if boundary == "symmetric":
+    if boundary == "valid":
         f = F.pad(f[None], (pad, pad, pad, pad), mode="reflect")[0]
         for _ in range(3):
             f = torch.stack([edgetaper(c, k) for c in f])
     x = tv_deconv(f, k, lam=p["tv_lambda"], gamma=p["tv_gamma"], iterations=p["tv_iterations"])
-    if boundary == "symmetric":
+    if boundary == "valid":
         x = x[..., pad:-pad, pad:-pad]
     x = (x.clamp(0, 1) * scale).clamp(0, 1)
     return x.float(), k.float()

@@ -15,6 +15,12 @@ PRIOR_NAMES = ("default", "gaussian")
 
 
 def load_prior(name_or_path, preset: str | None = None, device="cpu", **overrides) -> Prior:
+    """The prior for a name, a path or a ``Prior`` (moved to ``device``), in eval mode with frozen
+    parameters (sampling differentiates through the network, never trains it)."""
+    return _load(name_or_path, preset, device, **overrides).eval().requires_grad_(False)
+
+
+def _load(name_or_path, preset, device, **overrides) -> Prior:
     if isinstance(name_or_path, Prior):
         return name_or_path.to(device)
     if not isinstance(name_or_path, (str, os.PathLike)):

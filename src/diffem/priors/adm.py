@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffem.files import atomic_write
 from diffem.priors.base import Prior
 
 # ---------------------------------------------------------------------------------------------
@@ -474,9 +475,8 @@ def save_safetensors(state_dict: dict, path, config: ADMConfig | None = None, ex
         meta["adm_config"] = json.dumps(config.to_dict())
     if extra_metadata:
         meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in extra_metadata.items()})
-    tmp = path + ".tmp"
-    save_file({k: v.detach().contiguous().cpu() for k, v in state_dict.items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def convert_checkpoint(src, dst, preset: str | None = None, check: bool = True, **overrides) -> dict:

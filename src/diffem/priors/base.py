@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffem.schedule import linear_betas
+from diffem.schedule import alphas_cumprod, linear_betas
 
 
 class Prior(nn.Module):
@@ -28,8 +28,9 @@ class Prior(nn.Module):
         self.name = name
         # bf16 autocast (+ channels_last) is ~2x faster on recent CPUs; fp32 stays the reference.
         self.autocast_bf16 = autocast_bf16
-        abar = np.cumprod(1.0 - self.betas)
-        self.register_buffer("abar", torch.tensor(abar, dtype=torch.float32), persistent=False)
+        # ᾱ of the full chain on the network's device, for Eq. 12 (samplers respace it: Schedule.for_prior)
+        self.register_buffer("abar", torch.tensor(alphas_cumprod(self.betas), dtype=torch.float32), persistent=False)
+        self.multiple = getattr(network, "multiple", 1)   # H and W must be multiples of this
 
     @property
     def T(self) -> int:

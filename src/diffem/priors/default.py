@@ -59,5 +59,4 @@ def load_default_prior(device="cpu", autocast_bf16: bool | None = None, channels
         net = net.to(memory_format=torch.channels_last)
     prior = Prior(net, channels=config.in_channels, name="default", autocast_bf16=autocast_bf16).to(device)
     prior.info = json.loads(metadata.get("diffem_prior", "{}"))
-    prior.multiple = net.multiple  # H, W must be multiples of this
     return prior

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -25,8 +26,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffem.files import atomic_write, write_text
+from diffem.measurement import resolve_device
 from diffem.priors.adm import ADMConfig, ADMUNet, make_config, read_state_dict, save_safetensors
-from diffem.schedule import linear_betas
+from diffem.schedule import Schedule
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -109,35 +112,23 @@ def sample_batch(images: list[torch.Tensor], batch: int, crop: int, seed: int, s
     return out / 127.5 - 1
 
 
-def diffusion_loss(net: nn.Module, x0: torch.Tensor, abar: torch.Tensor, g: torch.Generator, bf16: bool):
+def diffusion_loss(net: nn.Module, x0: torch.Tensor, schedule: Schedule, g: torch.Generator, bf16: bool):
     """ε-prediction MSE (Ho et al. 2020, L_simple)."""
     n = x0.shape[0]
-    t = torch.randint(len(abar), (n,), generator=g).to(x0.device)
+    t = torch.randint(schedule.T, (n,), generator=g).to(x0.device)
     eps = torch.randn(x0.shape, generator=g).to(x0.device)
-    a = abar[t].view(-1, 1, 1, 1)
-    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    x_t = schedule.q_sample(x0, t, eps)
     ctx = torch.autocast(x0.device.type, dtype=torch.bfloat16) if bf16 else torch.autocast(x0.device.type, enabled=False)
     with ctx:
         pred = net(x_t, t)
     return (pred.float() - eps).pow(2).mean()
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _save_run(out, net, ema, opt, state, config: ADMConfig):
     save_safetensors(net.state_dict(), os.path.join(out, "model.safetensors"), config=config)
     save_safetensors(ema.state_dict(), os.path.join(out, "ema.safetensors"), config=config)
-    tmp = os.path.join(out, "optim.pt.tmp")
-    torch.save(opt.state_dict(), tmp)
-    os.replace(tmp, os.path.join(out, "optim.pt"))
-    tmp = os.path.join(out, "state.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=1)
-    os.replace(tmp, os.path.join(out, "state.json"))
+    atomic_write(os.path.join(out, "optim.pt"), lambda tmp: torch.save(opt.state_dict(), tmp))
+    write_text(os.path.join(out, "state.json"), json.dumps(state, indent=1))
 
 
 def export_ema(out: str, path: str, extra: dict | None = None) -> dict:
@@ -164,7 +155,7 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
     from diffem.perf import configure_cpu
     from tqdm import tqdm
 
-    device = _resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     if device.type == "cpu":
         configure_cpu(threads=cfg.threads)
     if cfg.bf16 is None:
@@ -208,7 +199,7 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
         opt.load_state_dict(torch.load(os.path.join(cfg.out, "optim.pt"), map_location=device, weights_only=True))
 
     images = load_images(cfg.data)
-    abar = torch.tensor(np.cumprod(1 - linear_betas()), dtype=torch.float32, device=device)
+    schedule = Schedule()   # the linear β chain, T = 1000, that the default prior assumes
     loss_path = os.path.join(cfg.out, "loss.csv")
     new_log = not os.path.exists(loss_path)
     if not new_log:  # drop rows logged after the checkpoint we resume from (a kill loses them)
@@ -216,9 +207,9 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
             rows = list(csv.reader(f))
         keep = rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= state["step"]]
         if len(keep) != len(rows):
-            with open(loss_path + ".tmp", "w", newline="") as f:
-                csv.writer(f).writerows(keep)
-            os.replace(loss_path + ".tmp", loss_path)
+            buf = io.StringIO(newline="")
+            csv.writer(buf).writerows(keep)
+            write_text(loss_path, buf.getvalue())
     log = open(loss_path, "a", newline="")
     writer = csv.writer(log)
     if new_log:
@@ -242,7 +233,7 @@ def train(cfg: TrainConfig, adm_overrides: dict | None = None, progress: bool = 
             lr = cfg.lr_at(step)
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = diffusion_loss(net, x0, abar, g, cfg.bf16)
+            loss = diffusion_loss(net, x0, schedule, g, cfg.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

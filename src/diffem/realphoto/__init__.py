@@ -4,11 +4,12 @@
     photo = read_photo("blurry.jpg")
     result = deblur_photo(photo.pixels, sigma="auto")      # result.image (C,H,W), result.kernel
 """
-from diffem.realphoto.boundary import crop, pad_periodic
+from diffem.physics import crop, wiener_deconv
+from diffem.realphoto.boundary import pad_periodic
 from diffem.realphoto.io import Photo, expand_inputs, read_photo, write_photo
 from diffem.realphoto.noise import estimate_sigma
-from diffem.realphoto.pipeline import PhotoResult, deblur_photo, parse_sigma
-from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles, wiener_deconv
+from diffem.realphoto.pipeline import PhotoResult, deblur_photo
+from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles
 
 __all__ = ["Photo", "PhotoResult", "crop", "deconv_valid", "deblur_photo", "estimate_sigma", "expand_inputs", "informative_window",
-           "map_tiles", "pad_periodic", "parse_sigma", "read_photo", "wiener_deconv", "write_photo"]
+           "map_tiles", "pad_periodic", "read_photo", "wiener_deconv", "write_photo"]

@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from diffem.physics import crop
+
 
 def _mirror_index(idx: torch.Tensor, n: int) -> torch.Tensor:
     """Whole-sample symmetric index (…, 2, 1, 0, 1, 2, …, n-1, n-2, …) into 0..n-1."""
@@ -63,11 +65,6 @@ def pad_periodic(x: torch.Tensor, margin: int, multiple: int = 1):
     out = _pad_axis(x, x.dim() - 2, top, bottom)
     out = _pad_axis(out, x.dim() - 1, left, right)
     return out, (top, left, H, W)
-
-
-def crop(x: torch.Tensor, box) -> torch.Tensor:
-    top, left, H, W = box
-    return x[..., top : top + H, left : left + W]
 
 
 __all__ = ["pad_periodic", "crop", "padding_for"]

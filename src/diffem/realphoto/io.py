@@ -14,12 +14,13 @@ import glob
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from diffem.files import atomic_write
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -163,23 +164,7 @@ def _exif_rotate(arr, alpha, orientation):
 
 
 # ---------------------------------------------------------------------------------------------
-# writing (always to a temp file in the destination folder, then os.replace)
-
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".diffem-", suffix=os.path.splitext(path)[1], dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
+# writing (diffem.files.atomic_write: a temp file in the destination folder, then os.replace)
 
 def _png16_bytes(a: np.ndarray) -> bytes:
     """A 16-bit PNG (Pillow cannot write 16-bit RGB). a: (H, W, C) uint16, C in 1..4."""
@@ -232,21 +217,7 @@ def write_photo(path: str, pixels: np.ndarray, alpha: np.ndarray | None = None, 
             kwargs = {"quality": 95} if fmt == "JPEG" else {}
             img.save(tmp, format=fmt, **kwargs)
 
-    _atomic(path, write)
-
-
-def write_npy(path: str, array: np.ndarray) -> None:
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-    _atomic(path, write)
-
-
-def write_text(path: str, text: str) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def kernel_to_image(kernel: np.ndarray, zoom: int | None = None) -> np.ndarray:
@@ -258,5 +229,5 @@ def kernel_to_image(kernel: np.ndarray, zoom: int | None = None) -> np.ndarray:
     return np.kron(k, np.ones((zoom, zoom)))[..., None]
 
 
-__all__ = ["Photo", "read_photo", "write_photo", "write_npy", "write_text", "expand_inputs",
+__all__ = ["Photo", "read_photo", "write_photo", "expand_inputs",
            "kernel_to_image", "IMAGE_EXTENSIONS"]

@@ -9,25 +9,18 @@ Two estimators of the std of additive white Gaussian noise on the [0, 1] scale:
   the noise variance is the mean of the tail of eigenvalues whose mean equals their median.
 
 Pixels next to saturated (clipped) values are ignored: clipping removes the noise there.
-``benchmarks/realphoto.py`` measures both on CBSD68; ``estimate_sigma`` defaults to the better one.
+``benchmarks/realphoto.py`` measures both on CBSD68 (PCA within 1.3 % of the truth, MAD within 4.2 %), so
+``estimate_sigma`` defaults to ``"pca"``.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from diffem.api import as_chw
+from diffem.measurement import as_image
 
 SIGMA_MIN = 1.0 / 255  # floor: 8-bit quantisation, JPEG and model errors; the samplers need σ > 0
 SIGMA_MAX = 0.3
-
-
-def _as_chw(y) -> torch.Tensor:
-    """(H,W) / (H,W,C) numpy, or (C,H,W) / (1,C,H,W) tensor -> (C,H,W) float64 tensor."""
-    if isinstance(y, np.ndarray):
-        a = y[..., None] if y.ndim == 2 else y
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).double()
-    return as_chw(torch.as_tensor(y)).double()
 
 
 def _unsaturated_blocks(y: torch.Tensor, block: int, low=0.005, high=0.995) -> torch.Tensor:
@@ -41,7 +34,7 @@ def _unsaturated_blocks(y: torch.Tensor, block: int, low=0.005, high=0.995) -> t
 
 def sigma_mad(y) -> float:
     """Wavelet MAD estimate (median over channels)."""
-    y = _as_chw(y)
+    y = as_image(y, dtype=torch.float64)[0]
     C, H, W = y.shape
     if H < 4 or W < 4:
         raise ValueError(f"y: image {H}x{W} too small to estimate the noise level")
@@ -61,7 +54,7 @@ def sigma_mad(y) -> float:
 
 def sigma_pca(y, patch: int = 7, max_patches: int = 40000, seed: int = 0) -> float:
     """Patch-PCA estimate (Chen et al. 2015) on the channels stacked as one greyscale set."""
-    y = _as_chw(y)
+    y = as_image(y, dtype=torch.float64)[0]
     C, H, W = y.shape
     if H < patch + 1 or W < patch + 1:
         raise ValueError(f"y: image {H}x{W} too small to estimate the noise level")
@@ -91,8 +84,8 @@ def sigma_pca(y, patch: int = 7, max_patches: int = 40000, seed: int = 0) -> flo
     return float(np.sqrt(eig[-1]))
 
 
-def estimate_sigma(y, method: str = "mad", clip: bool = True) -> float:
-    """σ of the additive noise of image ``y`` on the [0, 1] scale.
+def estimate_sigma(y, method: str = "pca", clip: bool = True) -> float:
+    """σ of the additive noise of image ``y`` on the [0, 1] scale (layouts as ``diffem.measurement.as_image``).
 
     With ``clip`` the result is kept in [SIGMA_MIN, SIGMA_MAX] (the samplers need σ > 0).
     """

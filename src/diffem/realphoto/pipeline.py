@@ -1,10 +1,11 @@
 """``deblur_photo``: blind deblurring of a real photo of any size, end to end.
 
 1. σ: estimated from the photo (``noise.estimate_sigma``) unless given.
-2. Boundaries: the photo was blurred by a non-circular convolution, so every image handed to the
-   circular-model samplers is first extended periodically and smoothly (``boundary.pad_periodic``,
-   margin ≥ kernel size / 2 on each side, size rounded to a multiple of 16 for the UNet) and
-   cropped back afterwards.
+2. Boundaries: the photo was blurred by a non-circular convolution. ``boundary="valid"`` (default)
+   models exactly that (``Blur`` "valid": the scene beyond the photo's border is an unknown);
+   ``boundary="circular"`` first extends the photo periodically and smoothly (``boundary.pad_periodic``,
+   margin ≥ kernel size / 2 on each side, size rounded to a multiple of 16 for the UNet), runs the
+   circular model and crops back.
 3. Small photos (both sides ≤ ``window``·``full_factor``): ``diffem.deblur`` on the whole photo; its
    image and kernel are the answer.
 4. Larger photos: the kernel is estimated by ``diffem.deblur`` on the ``window``×``window`` region
@@ -17,19 +18,21 @@
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 import diffem
-from diffem.realphoto.boundary import crop, pad_periodic
+from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
+from diffem.physics import crop, wiener_deconv
+from diffem.priors import load_prior
+from diffem.realphoto.boundary import pad_periodic
 from diffem.realphoto.noise import estimate_sigma
-from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles, wiener_deconv
+from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles
 
 MULTIPLE = 16  # the UNets downsample 3-4 times
+RESTORE_MODES = ("auto", "wiener", "diffusion")
 
 
 @dataclass
@@ -45,41 +48,6 @@ class PhotoResult:
     info: dict = field(default_factory=dict)
 
 
-def parse_sigma(value) -> float | str:
-    """'auto', a number ('0.02') or a fraction ('5/255') -> 'auto' or float in (0, 0.5)."""
-    if isinstance(value, str):
-        v = value.strip().lower()
-        if v == "auto":
-            return "auto"
-        try:
-            if "/" in v:
-                num, den = v.split("/", 1)
-                s = float(num) / float(den)
-            else:
-                s = float(v)
-        except (ValueError, ZeroDivisionError):
-            raise ValueError(f"sigma: expected 'auto', a number like 0.02 or a fraction like 5/255, got {value!r}") from None
-    else:
-        s = float(value)
-    if not math.isfinite(s) or s <= 0 or s >= 0.5:
-        raise ValueError(f"sigma: must be in (0, 0.5) on the [0, 1] scale (e.g. 5/255), got {value!r}")
-    return s
-
-
-def _to_chw(y) -> torch.Tensor:
-    if isinstance(y, np.ndarray):
-        a = y[..., None] if y.ndim == 2 else y
-        y = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
-    y = torch.as_tensor(y)
-    if y.dim() == 4 and y.shape[0] == 1:
-        y = y[0]
-    if y.dim() == 2:
-        y = y[None]
-    if y.dim() != 3 or y.shape[0] not in (1, 3):
-        raise ValueError(f"image: expected (H,W), (H,W,C) array or (C,H,W) tensor with C in (1, 3), got {tuple(y.shape)}")
-    return y.float().cpu()
-
-
 def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm", kernel_size: int = 33,
                  n_particles: int = 1, steps=None, seed: int = 0, device="auto", progress: bool = True,
                  window: int = 256, full_factor: float = 1.25, restore: str = "auto", tile: int = 512,
@@ -87,33 +55,28 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
                  boundary: str = "valid", **options) -> PhotoResult:
     """Blind deblurring of a real photo.
 
-    y: (C,H,W) tensor or (H,W[,C]) array on [0, 1], C = 1 (processed as 3 equal channels by the RGB
+    y: (C,H,W) tensor or (H,W[,C]) numpy array on [0, 1], C = 1 (processed as 3 equal channels by the RGB
     prior and averaged back) or 3. sigma: 'auto', a float or '5/255'. restore: 'auto' (whole photo
     by the blind sampler when it fits in the window, else 'wiener'), 'wiener' or 'diffusion'.
     boundary: 'valid' (the blind run models the photo as a non-circular blur of a larger, unobserved
-    scene) or 'periodic' (periodic extension by ``margin`` and the circular model).
+    scene) or 'circular' (a smooth periodic extension by ``margin``, then the circular model).
     Other arguments go to ``diffem.deblur``.
     """
     t_start = time.perf_counter()
-    y = _to_chw(y)
+    y = as_image(y, "y", device="cpu")[0]
     C, H, W = y.shape
-    if not torch.isfinite(y).all():
-        raise ValueError("image: contains NaN or infinite values")
-    if not isinstance(kernel_size, int) or kernel_size < 3:
-        raise ValueError(f"kernel_size: expected an integer ≥ 3, got {kernel_size!r}")
-    if min(H, W) < kernel_size:
-        raise ValueError(f"image: {W}x{H} is smaller than the kernel size {kernel_size} (use a smaller --kernel-size)")
-    if restore not in ("auto", "wiener", "diffusion"):
-        raise ValueError(f"restore: expected 'auto', 'wiener' or 'diffusion', got {restore!r}")
-    if boundary not in ("valid", "periodic"):
-        raise ValueError(f"boundary: expected 'valid' or 'periodic', got {boundary!r}")
+    if C not in (1, 3):
+        raise ValueError(f"y: expected 1 (grayscale) or 3 colour channels, got {C}")
+    kernel_size = check_kernel_size(kernel_size, (H, W))
+    restore = check_choice(restore, RESTORE_MODES, "restore")
+    boundary = check_boundary(boundary)
     if window < 2 * kernel_size:
         raise ValueError(f"window: must be at least twice the kernel size ({2 * kernel_size}), got {window}")
     margin = kernel_size // 2 + 8 if margin is None else int(margin)
     timings = {}
 
     # 1. noise level
-    sigma = parse_sigma(sigma)
+    sigma = parse_sigma(sigma, allow_auto=True)
     estimated = sigma == "auto"
     if estimated:
         t = time.perf_counter()
@@ -122,8 +85,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
 
     # the prior is loaded once and shared by the blind run and the tiles
     t = time.perf_counter()
-    dev = diffem.api.resolve_device(device)
-    p = diffem.api._load(prior, dev, preset) if not isinstance(prior, diffem.Prior) else prior
+    dev = resolve_device(device)
+    p = load_prior(prior, preset=preset, device=dev)
     timings["load_prior_s"] = time.perf_counter() - t
     common = dict(prior=p, n_particles=n_particles, steps=steps, seed=seed, device=dev, progress=progress)
 
@@ -142,8 +105,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
         res = diffem.deblur(region, sigma, method=method, kernel_size=kernel_size, boundary="valid",
                             **common, **options)
         samples = res.samples.detach().float().cpu()
-    else:                     # periodic extension + the circular model (the cheaper approximation)
-        padded, box = pad_periodic(region[None], margin, max(MULTIPLE, getattr(p, "multiple", 1)))
+    else:                     # smooth periodic extension + the circular model (the cheaper approximation)
+        padded, box = pad_periodic(region[None], margin, max(MULTIPLE, p.multiple))
         res = diffem.deblur(padded[0], sigma, method=method, kernel_size=kernel_size, **common, **options)
         samples = crop(res.samples.detach().float().cpu(), box)
     timings["blind_s"] = time.perf_counter() - t
@@ -169,7 +132,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
                                    steps=steps, seed=seed + next(counter), device=dev, progress=False)
                 return r.image.detach().float().cpu()[None]
             image = map_tiles(y, fn, tile=window, overlap=max(16, kernel_size), context=margin,
-                              multiple=max(MULTIPLE, getattr(p, "multiple", 1)), progress=progress,
+                              multiple=max(MULTIPLE, p.multiple), progress=progress,
                               desc="diffusion tiles")
         timings["restore_s"] = time.perf_counter() - t
     image = image.clamp(0, 1)
@@ -183,4 +146,4 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
                        restore=mode, samples=samples, timings=timings, info=info)
 
 
-__all__ = ["deblur_photo", "PhotoResult", "parse_sigma"]
+__all__ = ["deblur_photo", "PhotoResult"]

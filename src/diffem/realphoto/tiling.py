@@ -8,9 +8,9 @@ tile with blended seams.
   real, 'valid'-blurred data), given a smooth periodic extension (boundary.pad_periodic), restored,
   and its core blended into the output with raised-cosine weights over the ``overlap``.
   Memory is O(tile²) for the work plus the output accumulators (two H×W×C float32 arrays).
-* ``wiener_deconv``: Wiener/Tikhonov deconvolution with a gradient penalty (circular model),
-  x = F⁻¹[ K̄ Y / (|K|² + λ(|Dx|² + |Dy|²)) ], λ = lam_scale·σ² (closed form, FFT; lam_scale = 100
-  was the best of 3..1000 on CBSD68 with Levin kernels at σ = 2.5..20/255).
+* ``wiener_deconv`` (``diffem.physics``): Wiener/Tikhonov deconvolution with a gradient penalty
+  (circular model, closed form; lam_scale = 100 was the best of 3..1000 on CBSD68 with Levin kernels
+  at σ = 2.5..20/255).
 * ``deconv_valid``: the same energy with the exact non-circular model (the photo's outside pixels
   are unknowns), solved by conjugate gradients: the fast non-blind option of the pipeline.
 """
@@ -19,13 +19,12 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from diffem.physics import kernel_to_otf
-from diffem.realphoto.boundary import crop, pad_periodic
+from diffem.physics import crop, gradient_otf2, kernel_to_otf, wiener_deconv
+from diffem.realphoto.boundary import _pad_axis, pad_periodic
 
 
 def _gray(y: torch.Tensor) -> torch.Tensor:
@@ -73,21 +72,6 @@ def informative_window(y: torch.Tensor, size: int, ksize: int = 0, stride: int =
     return int(tops[i // len(lefts)]), int(lefts[i % len(lefts)])
 
 
-def wiener_deconv(y: torch.Tensor, kernel: torch.Tensor, sigma: float, lam_scale: float = 100.0,
-                  lam_min: float = 1e-4) -> torch.Tensor:
-    """Circular Wiener deconvolution of (B,C,H,W) ``y`` with a gradient (Tikhonov) prior."""
-    H, W = y.shape[-2:]
-    K = kernel_to_otf(kernel.to(y.dtype), (H, W))
-    dx = torch.zeros(H, W, dtype=y.dtype, device=y.device)
-    dx[0, 0], dx[0, -1] = 1, -1
-    dy = torch.zeros_like(dx)
-    dy[0, 0], dy[-1, 0] = 1, -1
-    D = torch.fft.rfft2(dx).abs() ** 2 + torch.fft.rfft2(dy).abs() ** 2
-    lam = max(lam_scale * sigma ** 2, lam_min)
-    X = K.conj() * torch.fft.rfft2(y) / (K.abs() ** 2 + lam * D)
-    return torch.fft.irfft2(X, s=(H, W))
-
-
 def fft_size(n: int) -> int:
     """The smallest m ≥ n whose prime factors are 2, 3 and 5 (fast FFTs)."""
     m = n
@@ -103,7 +87,6 @@ def fft_size(n: int) -> int:
 
 def _pad_to(y: torch.Tensor, offset: int, N: int, M: int) -> torch.Tensor:
     """Smooth periodic extension of y to N×M with y starting at (offset, offset)."""
-    from diffem.realphoto.boundary import _pad_axis
     H, W = y.shape[-2:]
     out = _pad_axis(y, y.dim() - 2, offset, N - H - offset)
     return _pad_axis(out, y.dim() - 1, offset, M - W - offset)
@@ -121,12 +104,8 @@ def deconv_valid(y: torch.Tensor, kernel: torch.Tensor, sigma: float, lam_scale:
     H, W = y.shape[-2:]
     N, M = fft_size(H + 2 * r), fft_size(W + 2 * r)  # extra rows/cols are unknowns too (masked out)
     K = kernel_to_otf(kernel, (N, M))
-    dx = torch.zeros(N, M, dtype=y.dtype, device=y.device)
-    dx[0, 0], dx[0, -1] = 1, -1
-    dy = torch.zeros_like(dx)
-    dy[0, 0], dy[-1, 0] = 1, -1
     lam = max(lam_scale * sigma ** 2, lam_min)
-    DtD = lam * (torch.fft.rfft2(dx).abs() ** 2 + torch.fft.rfft2(dy).abs() ** 2)
+    DtD = lam * gradient_otf2((N, M), y.dtype, y.device)
     mask = torch.zeros(N, M, dtype=y.dtype, device=y.device)
     mask[r : r + H, r : r + W] = 1
 
