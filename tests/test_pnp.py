@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from diffem.denoisers import FFDNetDenoiser, PriorDenoiser, load_denoiser
 from diffem.denoisers.ffdnet import FFDNet, WeightsError, ffdnet_from_state_dict, read_ffdnet_state_dict
-from diffem.physics import blur, blur_valid
-from diffem.pnp import CircularProx, ValidProx, pnp_hqs, pnp_schedule
+from diffem.physics import Blur, blur, blur_valid, kernel_to_otf
+from diffem.pnp import pnp_hqs, pnp_schedule
 
 
 def _tiny_kair_state_dict(seed=0):
@@ -116,57 +116,49 @@ def test_pnp_hqs_with_the_gaussian_prior_reaches_its_closed_form_fixed_point(gau
     sigma = 20 / 255      # (at a small σ the Gaussian denoiser is ≈ identity and HQS converges slowly)
     y = blur(crop128, k) + sigma * torch.randn(crop128.shape, generator=torch.Generator().manual_seed(0))
     rho = 2.0
-    x = pnp_hqs(y, k, sigma, den, iters=200, sigma_start=sigma, lam=rho)     # σ_k = σ: ρ_k = λ
+    x = pnp_hqs(y, Blur(k, sigma), den, iters=200, sigma_start=sigma, lam=rho)     # σ_k = σ: ρ_k = λ
     # the denoiser's transfer function and offset, measured by probing it
     m = den(torch.zeros_like(y), sigma)                             # D(0) = m − W m
     impulse = torch.zeros_like(y)
     impulse[..., 0, 0] = 1.0
     Wt = torch.fft.rfft2(den(impulse, sigma) - m)                   # W's transfer function (real, diagonal)
     m_fixed = torch.fft.irfft2(torch.fft.rfft2(m) / (1 - Wt), s=y.shape[-2:])   # m: the fixed point of D
-    from diffem.physics import kernel_to_otf
     K = kernel_to_otf(k, y.shape[-2:])
     Y = torch.fft.rfft2(y - blur(m_fixed, k))
     x_star = m_fixed + torch.fft.irfft2(Wt * K.conj() * Y / (K.abs() ** 2 + rho * (1 - Wt)), s=y.shape[-2:])
     assert float((x - x_star).abs().max()) < 1e-3     # float32 probing of W; 50 iterations: 5e-3
 
 
-def test_valid_prox_solves_the_exact_non_circular_data_step():
-    """(AᵀA + ρ) x = Aᵀy + ρ v with A = valid convolution, against a dense solve on a tiny problem."""
+def _dense(physics, shape):
+    """The matrix of physics.A for canvas images of ``shape`` (tiny sizes only)."""
+    cols = []
+    for j in range(shape[0] * shape[1]):
+        e = torch.zeros(1, 1, *shape, dtype=torch.float64)
+        e.view(-1)[j] = 1
+        cols.append(physics.A(e).reshape(-1))
+    return torch.stack(cols, 1)
+
+
+@pytest.mark.parametrize("boundary", ["circular", "valid"])
+def test_blur_prox_solves_the_data_step_exactly(boundary):
+    """argmin ‖y − A x‖² + ρ‖x − v‖², i.e. (AᵀA + ρ) x = Aᵀy + ρ v, against a dense solve: closed form
+    (circular) and preconditioned CG on the exact non-circular model (valid)."""
     g = torch.Generator().manual_seed(3)
     k = torch.rand(5, 5, generator=g, dtype=torch.float64)
     k = k / k.sum()
     y = torch.rand(1, 1, 10, 12, generator=g, dtype=torch.float64)
-    prox = ValidProx(y, k, cg_iters=200, multiple=1)
-    top, left, h, w = prox.box
-    Hc, Wc = prox.shape
-    # dense A: observed pixels of the circular blur on the canvas (no wrap reaches them)
-    A = []
-    for j in range(Hc * Wc):
-        e = torch.zeros(1, 1, Hc, Wc, dtype=torch.float64)
-        e.view(-1)[j] = 1
-        A.append(prox.crop(blur(e, k)).reshape(-1))
-    A = torch.stack(A, 1)                                           # (h·w, Hc·Wc)
-    v = torch.rand(1, 1, Hc, Wc, generator=g, dtype=torch.float64)
+    physics = Blur.for_measurement(y, k, 0.1, boundary)
+    shape = physics.canvas(y).shape[-2:]
+    A = _dense(physics, shape)
+    v = torch.rand(1, 1, *shape, generator=g, dtype=torch.float64)
     rho = 0.05
-    dense = torch.linalg.solve(A.T @ A + rho * torch.eye(Hc * Wc, dtype=torch.float64),
+    dense = torch.linalg.solve(A.T @ A + rho * torch.eye(A.shape[1], dtype=torch.float64),
                                A.T @ y.reshape(-1) + rho * v.reshape(-1))
-    torch.testing.assert_close(prox(v, rho).reshape(-1), dense, rtol=1e-6, atol=1e-8)
-    # and that model is the non-circular convolution: the observed box of k ⊛ canvas = valid(k ⊛ canvas)
-    r = k.shape[-1] // 2
-    inner = v[..., top - r:top + h + r, left - r:left + w + r]
-    torch.testing.assert_close(prox.crop(blur(v, k)), blur_valid(inner, k))
-
-
-def test_circular_prox_is_the_closed_form():
-    g = torch.Generator().manual_seed(4)
-    k = torch.rand(5, 5, generator=g, dtype=torch.float64)
-    k = k / k.sum()
-    y = torch.rand(1, 1, 8, 8, generator=g, dtype=torch.float64)
-    v = torch.rand(1, 1, 8, 8, generator=g, dtype=torch.float64)
-    A = torch.stack([blur(torch.eye(64, dtype=torch.float64)[j].reshape(1, 1, 8, 8), k).reshape(-1)
-                     for j in range(64)], 1)
-    dense = torch.linalg.solve(A.T @ A + 0.1 * torch.eye(64, dtype=torch.float64), A.T @ y.reshape(-1) + 0.1 * v.reshape(-1))
-    torch.testing.assert_close(CircularProx(y, k)(v, 0.1).reshape(-1), dense)
+    torch.testing.assert_close(physics.prox(v, y, rho, cg_iters=200).reshape(-1), dense, rtol=1e-6, atol=1e-8)
+    if boundary == "valid":   # the model is the non-circular convolution of the scene around y
+        top, left, h, w = physics.box
+        inner = v[..., top - 2:top + h + 2, left - 2:left + w + 2]
+        torch.testing.assert_close(physics.A(v), blur_valid(inner, k))
 
 
 def test_pnp_ffdnet_restores_a_blurred_crop(ffdnet, crop128):
@@ -178,10 +170,11 @@ def test_pnp_ffdnet_restores_a_blurred_crop(ffdnet, crop128):
     g = torch.Generator().manual_seed(0)
     y = blur(crop128, k) + sigma * torch.randn(crop128.shape, generator=g)
     psnr = lambda a, b: -10 * math.log10(float(((a.clamp(0, 1) - b) ** 2).mean()))  # noqa: E731
-    x = pnp_hqs(y, k, sigma, ffdnet)
+    x = pnp_hqs(y, Blur(k, sigma), ffdnet)
     assert psnr(x, crop128) > psnr(y, crop128) + 4
     big = F.pad(crop128, (16, 16, 16, 16), mode="reflect")
     yv = blur_valid(big, k) + sigma * torch.randn(crop128.shape, generator=g)
-    xv = pnp_hqs(yv, k, sigma, ffdnet, boundary="valid")
+    physics = Blur.for_measurement(yv, k, sigma, "valid")
+    xv = physics.crop(pnp_hqs(yv, physics, ffdnet))
     assert xv.shape == yv.shape
     assert psnr(xv, crop128) > psnr(yv, crop128) + 4

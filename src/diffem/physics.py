@@ -32,6 +32,8 @@ Interface (x on the canvas, y and r on the observed grid)::
                           for the pixels the camera did not record: the residual vanishes there, so
                           the circular closed-form solvers fit the observed pixels only)
     .pigdm_vector(x, y, r2)   Hᵀ(r²HHᵀ + σ²I)⁻¹(y − Hx) in closed form in Fourier (ΠGDM, Eq. 17)
+    .prox(v, y, rho)      argmin_x ‖y − A x‖² + ρ‖x − v‖² (the data step of HQS): closed form in
+                          Fourier (circular) or conjugate gradients preconditioned by it (valid: exact)
     .with_kernel(k)       a new physics with another kernel, same boundary and canvas
     physics(x, generator) a noisy measurement A(x) + σ n
 """
@@ -175,6 +177,30 @@ class Blur:
         X, Y = torch.fft.rfft2(x), torch.fft.rfft2(self.impute(y, x))
         sigma2 = max(self.sigma, 1e-8) ** 2
         return torch.fft.irfft2(K.conj() * (Y - K * X) / (r2 * K.abs() ** 2 + sigma2), s=x.shape[-2:])
+
+    def prox(self, v: torch.Tensor, y: torch.Tensor, rho: float, cg_iters: int = 8) -> torch.Tensor:
+        """argmin_x ‖y − A x‖² + ρ‖x − v‖², x and v on the canvas. Circular: (K̄Y + ρV)/(|K|² + ρ) in
+        Fourier. Valid: (AᵀA + ρ)x = Aᵀy + ρv by conjugate gradients from v, preconditioned with the
+        circular solve (the two operators differ only near the border, so a few iterations suffice)."""
+        K = kernel_to_otf(self.kernel.to(v.dtype), v.shape[-2:])
+        K2 = K.abs() ** 2
+        if self.box is None:
+            return torch.fft.irfft2((K.conj() * torch.fft.rfft2(y) + rho * torch.fft.rfft2(v)) / (K2 + rho),
+                                    s=v.shape[-2:])
+        precondition = lambda r: torch.fft.irfft2(torch.fft.rfft2(r) / (K2 + rho), s=v.shape[-2:])  # noqa: E731
+        normal = lambda z: self.A_adjoint(self.A(z)) + rho * z                                   # noqa: E731
+        x = v.clone()
+        r = self.A_adjoint(y) + rho * v - normal(x)
+        z = precondition(r)
+        p, rz = z, (r * z).sum()
+        for _ in range(cg_iters):
+            Ap = normal(p)
+            step = rz / (p * Ap).sum().clamp_min(1e-30)
+            x, r = x + step * p, r - step * Ap
+            z = precondition(r)
+            rz, rz_old = (r * z).sum(), rz
+            p = z + (rz / rz_old.clamp_min(1e-30)) * p
+        return x
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Noisy measurement A(x) + σ n, unclipped (the paper's protocol)."""
