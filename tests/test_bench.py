@@ -243,7 +243,7 @@ def test_valid_boundary_reaches_the_methods(tmp_path, monkeypatch):
     monkeypatch.setattr(diffem.benchmark.methods, "restore", spy, raising=False)
     cfg = BenchConfig(dataset=IMAGES, out=str(tmp_path / "b"), limit=1, crop=32, kernels="motion:9", sigmas="10",
                       methods="pigdm-nonblind,gauss-pigdm", steps=2, prior="gaussian", boundary="valid",
-                      progress=False, summary=False, no_reference=False)
+                      progress=False, summary=False, no_reference=False, error_ratio=False)
     res = run_benchmark(cfg)
     assert not res["errors"] and seen == ["valid", "valid"]
     assert all(r["boundary"] == "valid" for r in res["rows"])

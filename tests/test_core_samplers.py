@@ -150,7 +150,7 @@ def test_diffusion_em_runs_and_is_valid(gaussian_prior):
 def test_fixed_seed_is_bit_identical_and_input_untouched(gaussian_prior):
     y = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
     y_copy = y.clone()
-    run = lambda seed: diffem.deblur(y, 0.02, prior=gaussian_prior, kernel_size=5, steps=10, n_particles=2,
+    run = lambda seed: diffem.deblur(y, 0.02, prior=gaussian_prior, method="fast-em-pigdm", kernel_size=5, steps=10, n_particles=2,
                                      seed=seed, kernel_prior="l2", progress=False)
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a.samples, b.samples) and torch.equal(a.kernel, b.kernel)
@@ -167,12 +167,12 @@ def test_valid_boundary_any_size_and_exact_data_fit(gaussian_prior):
     k = _kernel7()
     sigma = 2 / 255
     y = (blur_valid(scene, k) + sigma * torch.randn(1, 3, 50, 54, generator=g))[0]
-    r = diffem.deblur(y, sigma, prior=gaussian_prior, kernel_size=7, steps=10, kernel_prior="l2",
+    r = diffem.deblur(y, sigma, prior=gaussian_prior, method="fast-em-pigdm", kernel_size=7, steps=10, kernel_prior="l2",
                       boundary="valid", progress=False)
     assert r.image.shape == y.shape and r.kernel.shape == (7, 7) and r.info["boundary"] == "valid"
     errs = {}
     for bd in ("valid", "circular"):
-        res = diffem.restore(y, k, sigma, prior=gaussian_prior, steps=30, n_particles=4, boundary=bd, progress=False)
+        res = diffem.restore(y, k, sigma, prior=gaussian_prior, method="pigdm", steps=30, n_particles=4, boundary=bd, progress=False)
         errs[bd] = _rms(blur(res.mean[None], k)[..., 3:-3, 3:-3] - y[..., 3:-3, 3:-3])  # interior re-blur
     assert errs["valid"] < errs["circular"], errs
     with pytest.raises(ValueError, match="boundary"):
@@ -181,9 +181,9 @@ def test_valid_boundary_any_size_and_exact_data_fit(gaussian_prior):
 
 def test_grayscale_input_gives_grayscale_output(gaussian_prior):
     y = torch.rand(24, 24, generator=torch.Generator().manual_seed(6))
-    r = diffem.deblur(y, 0.02, prior=gaussian_prior, kernel_size=5, steps=5, kernel_prior="l2", progress=False)
+    r = diffem.deblur(y, 0.02, prior=gaussian_prior, method="fast-em-pigdm", kernel_size=5, steps=5, kernel_prior="l2", progress=False)
     assert r.image.shape == (1, 24, 24)
-    r2 = diffem.restore(y[None], delta_kernel(5), 0.02, prior=gaussian_prior, steps=5, progress=False)
+    r2 = diffem.restore(y[None], delta_kernel(5), 0.02, prior=gaussian_prior, method="pigdm", steps=5, progress=False)
     assert r2.image.shape == (1, 24, 24)
 
 
@@ -208,7 +208,7 @@ def test_grayscale_input_gives_grayscale_output(gaussian_prior):
     (dict(device="tpu"), "device"),
 ])
 def test_bad_input_raises_value_error_naming_argument(gaussian_prior, kwargs, match):
-    args = dict(y=torch.rand(3, 32, 32), sigma=0.02, prior=gaussian_prior, kernel_size=5, steps=2, progress=False,
+    args = dict(y=torch.rand(3, 32, 32), sigma=0.02, prior=gaussian_prior, method="fast-em-pigdm", kernel_size=5, steps=2, progress=False,
                 kernel_prior="l2")
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
@@ -219,7 +219,7 @@ def test_restore_bad_kernel(gaussian_prior):
     y = torch.rand(3, 32, 32)
     for k in (torch.ones(5, 5), -delta_kernel(5), torch.ones(5, 4) / 20, torch.full((5, 5), float("nan"))):
         with pytest.raises(ValueError, match="kernel"):
-            diffem.restore(y, k, 0.02, prior=gaussian_prior, steps=2, progress=False)
+            diffem.restore(y, k, 0.02, prior=gaussian_prior, method="pigdm", steps=2, progress=False)
     with pytest.raises(ValueError, match="method"):
         diffem.restore(y, delta_kernel(5), 0.02, prior=gaussian_prior, method="ddrm")
 
@@ -246,7 +246,7 @@ def test_first_particle_does_not_depend_on_the_number_of_particles(gaussian_prio
     g = torch.Generator().manual_seed(10)
     y = Blur(_kernel7(), 10 / 255)(gaussian_prior.sample((1, 3, 32, 32), g).clamp(0, 1), g)[0]
     for boundary in ("circular", "valid"):
-        one, four = (diffem.restore(y, _kernel7(), 10 / 255, prior=prior, steps=6, n_particles=n, seed=7,
+        one, four = (diffem.restore(y, _kernel7(), 10 / 255, prior=prior, method="pigdm", steps=6, n_particles=n, seed=7,
                                     boundary=boundary, progress=False).samples for n in (1, 4))
         if prior_name == "gaussian":
             assert torch.equal(four[0], one[0])
@@ -259,7 +259,7 @@ def test_kernel_init_of_another_dtype_is_accepted(gaussian_prior):
     """Bug 7: a float64 (or numpy) kernel_init with a float32 y was rejected, then cast anyway."""
     y = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(11))
     k = torch.rand(5, 5, generator=torch.Generator().manual_seed(12))
-    run = lambda k0: diffem.deblur(y, 0.02, prior=gaussian_prior, kernel_size=5, steps=4, kernel_prior="l2",
+    run = lambda k0: diffem.deblur(y, 0.02, prior=gaussian_prior, method="fast-em-pigdm", kernel_size=5, steps=4, kernel_prior="l2",
                                    kernel_init=k0, progress=False)
     ref = run(k)
     for k0 in (k.double(), k.double().numpy()):
@@ -271,7 +271,7 @@ def test_numpy_images_are_height_width_channels(gaussian_prior):
     """Bug 4: one numpy convention, (H, W, C) like PIL/imageio, everywhere; (C, H, W) numpy is refused
     with a hint instead of being read as another layout."""
     y = torch.rand(3, 24, 32, generator=torch.Generator().manual_seed(13))
-    run = lambda yy: diffem.restore(yy, delta_kernel(5), 0.02, prior=gaussian_prior, steps=3, progress=False)
+    run = lambda yy: diffem.restore(yy, delta_kernel(5), 0.02, prior=gaussian_prior, method="pigdm", steps=3, progress=False)
     assert torch.equal(run(y.permute(1, 2, 0).numpy()).samples, run(y).samples)
     with pytest.raises(ValueError, match=r"\(H, W, C\)"):
         run(y.numpy())

@@ -117,10 +117,10 @@ def test_deblur_runs(folder):
 
     prior = load_prior(str(folder))
     y = torch.rand(3, 16, 16)
-    out = diffem.deblur(y, 0.05, prior=prior, steps=3, kernel_size=5, kernel_prior="l2", progress=False,
+    out = diffem.deblur(y, 0.05, prior=prior, method="fast-em-pigdm", steps=3, kernel_size=5, kernel_prior="l2", progress=False,
                         device="cpu")
     assert out.image.shape == y.shape and torch.isfinite(out.image).all()
     assert out.info["prior"] == f"diffusers:{folder.name}"
     with pytest.raises(ValueError, match="multiples of 2"):
-        diffem.deblur(torch.rand(3, 15, 16), 0.05, prior=prior, steps=3, kernel_size=5, kernel_prior="l2",
+        diffem.deblur(torch.rand(3, 15, 16), 0.05, prior=prior, method="fast-em-pigdm", steps=3, kernel_size=5, kernel_prior="l2",
                       progress=False, device="cpu")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from diffem.measurement import (as_measurement, check_boundary, check_choice, check_kernel, check_kernel_size,
+from diffem.measurement import (as_image, as_measurement, check_boundary, check_choice, check_kernel, check_kernel_size,
                                 check_positive_int, parse_sigma, resolve_device)
 from diffem.mstep import HQS_DEFAULTS, REGULARISERS, KernelMStep
 from diffem.physics import Blur, delta_kernel
@@ -19,8 +19,10 @@ from diffem.priors import load_prior
 from diffem.samplers import diffusion_em, fast_diffusion_em, posterior_sample
 from diffem.schedule import Schedule
 
-BLIND_METHODS = ("fast-em-pigdm", "fast-em-dps", "em-pigdm", "em-dps")
-NONBLIND_METHODS = ("pigdm", "dps")
+# multiscale-pnp: diffem's default (diffem.blind): coarse-to-fine ℓ0/NNLS kernel + PnP-HQS image + safeguard.
+# The others are the paper's: Fast Diffusion EM (Alg. 2) and Diffusion EM (Alg. A.1) with ΠGDM or DPS.
+BLIND_METHODS = ("multiscale-pnp", "fast-em-pigdm", "fast-em-dps", "em-pigdm", "em-dps")
+NONBLIND_METHODS = ("pnp", "pigdm", "dps")      # pnp: PnP-HQS around a denoiser (diffem.pnp), the default
 SAMPLER_OPTIONS = ("dps_scale",)
 # M-step options that deblur() takes as **options (lam and kernel_prior have their own arguments)
 MSTEP_OPTIONS = tuple(f.name for f in fields(KernelMStep) if f.name != "hqs") + tuple(
@@ -53,7 +55,7 @@ def default_kernel_denoiser(kernel_size: int, device):
 def _mstep_for(kernel_size: int, device, kernel_prior: str, lam: float | None, options: dict) -> KernelMStep:
     """The M-step of ``deblur``; takes its options out of ``options``."""
     kernel_prior = check_choice(kernel_prior, ("auto",) + REGULARISERS, "kernel_prior")
-    denoiser = options.pop("denoiser", None)
+    denoiser = options.pop("kernel_denoiser", None)
     if kernel_prior in ("auto", "pnp") and denoiser is None:
         denoiser = default_kernel_denoiser(kernel_size, device)
     if kernel_prior == "auto":
@@ -110,25 +112,29 @@ def _result(s: _Setup, physics: Blur, samples: torch.Tensor, kernel: torch.Tenso
                   info={"n_particles": samples.shape[0], "sigma": s.sigma, "boundary": physics.boundary, **info})
 
 
-def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size: int = 33, n_particles: int = 1,
+def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_size: int = 33, n_particles: int = 1,
            steps: int | str | None = None, seed: int = 0, device="auto", progress: bool = True,
            kernel_init: torch.Tensor | None = None, kernel_prior: str = "auto", lam: float | None = None,
            n_em: int = 10, record_kernels: bool = False, preset: str | None = None, boundary: str = "circular",
-           **options) -> Result:
+           denoiser="ffdnet", **options) -> Result:
     """Blind deblurring: estimate the sharp image and the blur kernel from y = k ⊛ x + n.
 
     y: (C,H,W) or (1,C,H,W) tensor, (H,W,C) numpy array, or grayscale (H,W), float on [0,1]
     (unclipped noise is fine). sigma: noise std on [0,1] (a number or '5/255').
-    method: fast-em-pigdm | fast-em-dps | em-pigdm | em-dps.
+    method: multiscale-pnp (default: ``diffem.blind``; deterministic, any size, uses ``denoiser`` and
+    not the prior; options ``fallback`` (True), ``kernel_settings``, ``pnp_settings``) |
+    fast-em-pigdm | fast-em-dps | em-pigdm | em-dps (the paper's, with ``prior``).
     boundary: 'circular' (synthetic protocol, H and W multiples of ``prior.multiple``) or 'valid'
     (a real photo: no wrap-around, any size; the scene beyond y's border is sampled, not observed).
     steps: diffusion steps (default 100 for ΠGDM, 1000 for DPS, as the authors). kernel_size: ≥ 3.
     kernel_init: a starting kernel (any float dtype; normalised). kernel_prior: auto (PnP when a
     denoiser is shipped for the size, else ℓ2) | pnp | l2 | l1 | none.
     Other options go to the M-step (``KernelMStep`` fields and ``estimate_kernel`` keywords, e.g.
-    ``beta``, ``n_iter``, ``every``, ``denoiser``) or the DPS guidance (``dps_scale``).
+    ``beta``, ``n_iter``, ``every``, ``kernel_denoiser``) or the DPS guidance (``dps_scale``).
     """
     method = check_choice(method, BLIND_METHODS, "method")
+    if method == "multiscale-pnp":
+        return _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device, progress, options)
     n_em = check_positive_int(n_em, "n_em")
     boundary = check_boundary(boundary)
     s = _setup(y, sigma, prior, preset, device, n_particles)
@@ -159,14 +165,22 @@ def deblur(y, sigma, prior="default", method: str = "fast-em-pigdm", kernel_size
                     "lam": settings["lam"], "prior": s.prior.name}, kernels)
 
 
-def restore(y, kernel, sigma, prior="default", method: str = "pigdm", n_particles: int = 1,
+def restore(y, kernel, sigma, prior="default", method: str = "pnp", n_particles: int = 1,
             steps: int | str | None = None, seed: int = 0, device="auto", progress: bool = True,
-            preset: str | None = None, boundary: str = "circular", **options) -> Result:
-    """Non-blind restoration with a known kernel (Algorithm 1): method pigdm | dps; y, sigma and
-    boundary as in ``deblur``; kernel: (k, k) tensor or array (any float dtype), ≥ 0, sum 1."""
+            preset: str | None = None, boundary: str = "circular", denoiser="ffdnet", **options) -> Result:
+    """Non-blind restoration with a known kernel. y, sigma and boundary as in ``deblur`` (any size for
+    'pnp'); kernel: (k, k) tensor or array (any float dtype), ≥ 0, sum 1. method:
+
+    * ``pnp`` (default): PnP-HQS (``diffem.pnp``) around ``denoiser`` ("ffdnet", "prior": the
+      diffusion prior's x̂0, or any callable ``denoiser(x, sigma)``); deterministic, one image.
+      Options: ``iters`` (8), ``sigma_start`` (49/255), ``lam`` (0.23).
+    * ``pigdm`` | ``dps``: Algorithm 1, diffusion posterior sampling with ``prior``.
+    """
     method = check_choice(method, NONBLIND_METHODS, "method")
     boundary = check_boundary(boundary)
     kernel = check_kernel(kernel, "kernel")
+    if method == "pnp":
+        return _restore_pnp(y, kernel, sigma, boundary, denoiser, prior, device, progress, options)
     s = _setup(y, sigma, prior, preset, device, n_particles)
     check_kernel_size(kernel.shape[0], s.y.shape, name="kernel")
     opts = _sampler_options(options)
@@ -177,3 +191,58 @@ def restore(y, kernel, sigma, prior="default", method: str = "pigdm", n_particle
                                   disable=not progress, **opts)
     run_s = time.perf_counter() - t1
     return _result(s, physics, samples, k, run_s, len(schedule), {"method": method, "steps": len(schedule)})
+
+
+PNP_OPTIONS = ("iters", "sigma_start", "lam")
+
+
+def _restore_pnp(y, kernel, sigma, boundary, denoiser, prior, device, progress, options) -> Result:
+    from diffem.denoisers import load_denoiser
+    from diffem.pnp import pnp_hqs
+
+    unknown = set(options) - set(PNP_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown option(s) for method='pnp': {', '.join(sorted(unknown))} (known: {', '.join(PNP_OPTIONS)})")
+    sigma = parse_sigma(sigma)
+    dev = resolve_device(device)
+    y4, _ = as_measurement(y, None, dev)
+    check_kernel_size(kernel.shape[0], y4.shape, name="kernel")
+    t0 = time.perf_counter()
+    den = load_denoiser(denoiser, device=dev, prior=prior)
+    load_s = time.perf_counter() - t0
+    physics = Blur.for_measurement(y4, kernel.to(dev), sigma, boundary)
+    t1 = time.perf_counter()
+    x = physics.crop(pnp_hqs(y4, physics, den, progress=progress, **options)).clamp(0, 1)
+    run_s = time.perf_counter() - t1
+    return Result(image=x[0], kernel=physics.kernel, samples=x, timings={"load_denoiser_s": load_s, "run_s": run_s},
+                  info={"method": "pnp", "denoiser": getattr(den, "name", "custom"), "sigma": sigma,
+                        "boundary": boundary, "n_particles": 1})
+
+
+MULTISCALE_OPTIONS = ("fallback", "kernel_settings", "pnp_settings")
+
+
+def _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device, progress, options) -> Result:
+    from diffem.blind import deblur_multiscale
+    from diffem.denoisers import load_denoiser
+
+    unknown = set(options) - set(MULTISCALE_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown option(s) for method='multiscale-pnp': {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(MULTISCALE_OPTIONS)})")
+    boundary = check_boundary(boundary)
+    sigma = parse_sigma(sigma)
+    dev = resolve_device(device)
+    y4, _ = as_measurement(y, None, dev)
+    kernel_size = check_kernel_size(kernel_size, y4.shape)
+    t0 = time.perf_counter()
+    den = load_denoiser(denoiser, device=dev, prior=prior)
+    load_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    x, k, info = deblur_multiscale(y4, sigma, kernel_size, den, boundary=boundary, progress=progress, **options)
+    run_s = time.perf_counter() - t1
+    timings = {"load_denoiser_s": load_s, "run_s": run_s,
+               **{key: info.pop(key) for key in ("kernel_s", "restore_s", "check_s")}}
+    return Result(image=x[0], kernel=k, samples=x, timings=timings,
+                  info={"method": "multiscale-pnp", "denoiser": getattr(den, "name", "custom"), "sigma": sigma,
+                        "boundary": boundary, "n_particles": 1, **info})

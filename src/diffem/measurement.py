@@ -63,19 +63,21 @@ def as_image(y, name: str = "y", dtype: torch.dtype = torch.float32, device=None
     return y.to(device=y.device if device is None else device, dtype=dtype, copy=True)[None]
 
 
-def as_measurement(y, channels: int, device=None) -> tuple[torch.Tensor, bool]:
+def as_measurement(y, channels: int | None, device=None) -> tuple[torch.Tensor, bool]:
     """y as (1, channels, H, W) float32 on ``device`` (a copy) and whether it was grayscale.
 
     Grayscale input, (H, W), (1, H, W) or (H, W, 1), is replicated to the prior's channels; the
-    caller averages the result back to one channel.
+    caller averages the result back to one channel. ``channels=None``: 1 or 3 channels, kept as given
+    (for the denoiser-based methods, whose denoisers take either).
     """
     y = as_image(y, "y", device=device)
-    gray = y.shape[1] == 1 and channels != 1
+    gray = channels is not None and y.shape[1] == 1 and channels != 1
     if gray:
         y = y.expand(-1, channels, -1, -1).contiguous()
-    if y.shape[1] != channels:
+    if y.shape[1] not in ((1, 3) if channels is None else (channels,)):
         hint = " (torch tensors are (C, H, W))" if y.shape[-1] in (1, 3) else ""
-        raise ValueError(f"y: the prior needs {channels} channels (or 1 for grayscale), got {y.shape[1]}{hint}")
+        need = "1 (grey) or 3 (RGB)" if channels is None else f"{channels} (or 1 for grayscale)"
+        raise ValueError(f"y: expected {need} channels, got {y.shape[1]}{hint}")
     if min(y.shape[-2:]) < MIN_IMAGE_SIZE:
         raise ValueError(f"y: image of size {tuple(y.shape[-2:])} is too small (at least {MIN_IMAGE_SIZE} pixels a side)")
     return y, gray

@@ -10,6 +10,8 @@
   passed as ``motion:33:intensity=0.5``. A kernel set — ``levin``/``levin09``, ``usrnet``, ``lai-uniform``
   (shipped with diffem; other sets under ``kernel_root``), a folder of .npy files or one .npy — is used in turn (image i gets
   kernel i mod n), zero-padded (centred) to the size of the largest kernel of the set.
+* ``tuning:33``: the 16 kernels of the tuning split (``tuning_kernels``): USRNet's 4 motion kernels and
+  12 generator kernels drawn at sizes 13–33 (small, thin trajectories included) and placed in the support.
 * Measurement: ``boundary="circular"``: y = k ⊛ x + σ n on the crop (the authors' protocol, circular
   convolution, unclipped Gaussian noise). ``boundary="valid"``: the crop is taken (k−1) pixels larger and
   y = valid(k ⊛ x) + σ n, so y has the crop size and its borders carry real (non-periodic) content; the
@@ -75,6 +77,26 @@ def pad_kernel(k: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+# (generator, drawn size, parameters) of the tuning split's generator kernels; never Levin's
+TUNING_SPECS = [("motion", 17, dict(intensity=0.3)), ("motion", 21, dict(intensity=0.6)),
+                ("motion", 25, dict(intensity=0.5)), ("motion", 33, dict(intensity=0.5)), ("handshake", 15, {}),
+                ("handshake", 21, {}), ("handshake", 27, {}), ("handshake", 33, {}),
+                ("motion", 13, dict(intensity=0.8)), ("linear", 19, {}), ("motion", 29, dict(intensity=0.9)),
+                ("handshake", 19, {})]
+
+
+def tuning_kernels(size: int = 33) -> list[np.ndarray]:
+    """The tuning split's 16 kernels in (size, size): USRNet k09–k12, then ``TUNING_SPECS`` (fixed seeds)."""
+    from diffem.kernels.loaders import place_kernel
+
+    usrnet = load_kernel_set("usrnet", size)
+    ks = [usrnet[i] for i, name in enumerate(usrnet.names) if "motion" in name]
+    for j, (name, drawn, params) in enumerate(TUNING_SPECS):
+        gen = make_generator(name, drawn, seed=derive_seed(7, j), **params)
+        ks.append(place_kernel(gen.step(1, seed=derive_seed(11, j))[0].numpy(), size))
+    return [k.numpy().astype(np.float32) for k in ks]
+
+
 class KernelSource:
     """``kernel(i)`` -> (k,k) float32 tensor for image index i; ``size``; ``spec`` (text)."""
 
@@ -88,6 +110,9 @@ class KernelSource:
         head = parts[0].lower()
         if len(parts) >= 2 and parts[1].strip().isdigit():
             self.size = int(parts[1])
+            if head == "tuning":
+                self._set = tuning_kernels(self.size)
+                return
             if head not in GENERATORS:  # a public kernel set at a given size, e.g. levin:33
                 if kernel_set(head) is None:
                     raise ValueError(f"kernels: {spec!r} is neither a generator ({', '.join(GENERATORS)}) nor a "

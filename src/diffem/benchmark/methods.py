@@ -124,4 +124,4 @@ for _m in NONBLIND_METHODS:
 for _name, _fn in {"l0": _l0, "blind-dps": _blind_dps, "blurry": _blurry, "gauss-pigdm": _gauss_pigdm}.items():
     register_method(_name, _fn)
 
-NONBLIND = {"pigdm-nonblind", "dps-nonblind"}  # drawn with a different marker in the Pareto plot
+NONBLIND = {f"{m}-nonblind" for m in NONBLIND_METHODS}  # drawn with a different marker in the Pareto plot

@@ -57,6 +57,7 @@ class BenchConfig:
     kernel_root: str | None = None
     save_outputs: bool = True
     no_reference: bool = True
+    error_ratio: bool = True        # Levin's ER column (two PnP restorations per row with a kernel)
     lpips_weights: str | None = None
     lpips_net: str = "alex"
     lpips_lin: str | None = None
@@ -233,6 +234,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         except ImportError as e:   # an optional dependency (diffusers) is missing
             raise ValueError(f"prior: {cfg.prior!r} cannot be loaded ({e})") from None
     cache = {}  # image index -> (x_gt_big, kernel)
+    reference_mse = {}  # (image, σ) -> MSE of the PnP restoration with the true kernel (for ER)
     seen_warnings = set()
     written, errors = [], []
     from tqdm import tqdm
@@ -292,7 +294,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             print(f"bench: {spec.label} failed on {name} σ={s255:g}: {err['error']}", file=sys.stderr)
             continue
         row = _evaluate(name, s255, spec, image, k_hat, extra or {}, gt, y, k, sigma, seed, cost,
-                        cfg, lpips_model)
+                        cfg, lpips_model, reference_mse)
         msgs = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
         if msgs:  # kept in the row; printed once per run instead of once per item
             row["warnings"] = msgs
@@ -326,7 +328,8 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             "summary": summary, "shard": shard}
 
 
-def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost, cfg, lpips_model) -> dict:
+def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost, cfg, lpips_model,
+              reference_mse: dict) -> dict:
     from diffem import metrics as M
 
     img = image.detach().cpu().double()
@@ -340,7 +343,10 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
     gt64 = gt.double()
     row = {"image": name, "sigma255": s255, "sigma": sigma, "method": spec.label, "method_name": spec.name,
            "options": _clean(spec.options), "seed": seed, "boundary": cfg.boundary,
-           "psnr": M.psnr(img, gt64).item(), "ssim": M.ssim(img, gt64).item()}
+           "psnr": M.psnr(img, gt64).item(), "ssim": M.ssim(img, gt64).item(),
+           "psnr_blurry": M.psnr(y.double().clamp(0, 1), gt64).item()}
+    row["gain"] = row["psnr"] - row["psnr_blurry"]
+    row["worse"] = float(row["gain"] < 0)       # the mean over rows is the share of items worse than their input
     samples = extra.get("samples")
     if samples is not None and samples.dim() == 4 and samples.shape[0] > 1 and samples.shape[1:] == img.shape:
         row["psnr_sa"] = M.psnr_sample_average(samples.detach().cpu().double().clamp(0, 1), gt64).item()
@@ -353,6 +359,16 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
         if kh.shape == k.shape:
             row["kernel_mse"] = M.kernel_mse(kh, k).item()
             row["kernel_mse_aligned"] = M.kernel_mse_aligned(kh, k).item()
+    if k_hat is not None and cfg.error_ratio:   # Levin's ER with the PnP restorer (true-kernel MSE cached per item)
+        key = (name, s255)
+        if key not in reference_mse:
+            reference_mse.clear()
+            reference_mse[key] = float(((M.kernel.default_restorer(y, k, sigma, cfg.boundary).double().clamp(0, 1)
+                                         - gt64) ** 2).mean())
+        row["er"] = M.error_ratio(y, k_hat.detach().cpu(), k, gt64, sigma, cfg.boundary,
+                                  reference_mse=reference_mse[key])
+        row["er_le2"] = float(row["er"] <= 2)
+        row["er_le3"] = float(row["er"] <= 3)
     # reblur with the estimated kernel, or the true one for non-blind methods / no estimate
     k_re = k_hat.detach().cpu().double() if k_hat is not None else k.double()
     row["reblur"] = M.reblur_error(img, k_re, y.double(), sigma).item()

@@ -16,6 +16,12 @@ from diffem.files import atomic_write, write_text
 METRICS = [
     ("psnr", "PSNR", "{:.2f}"),
     ("psnr_sa", "PSNR SA", "{:.2f}"),
+    ("psnr_blurry", "blurry", "{:.2f}"),
+    ("gain", "gain (dB)", "{:+.2f}"),
+    ("worse", "worse than input", "{:.0%}"),
+    ("er", "ER", "{:.2f}"),
+    ("er_le2", "ER≤2", "{:.0%}"),
+    ("er_le3", "ER≤3", "{:.0%}"),
     ("ssim", "SSIM", "{:.3f}"),
     ("lpips", "LPIPS", "{:.3f}"),
     ("kernel_mse", "kernel MSE", "{:.2e}"),

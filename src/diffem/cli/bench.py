@@ -4,6 +4,15 @@ from __future__ import annotations
 import os
 
 DEFAULT_DATASET = os.path.join("..", "shared", "data", "test", "CBSD68")
+# The validation protocol of the kernel-estimation work: tune on one split, report on the other, never
+# the reverse. Each preset fills the options not given on the command line.
+PROTOCOLS = {
+    "tune": dict(dataset=os.path.join("..", "shared", "data", "test", "CBSD68"), limit=16, crop=256,
+                 kernels="tuning:33", sigmas="5,10"),
+    "validate": dict(dataset=os.path.join("..", "shared", "data", "test", "McMaster"), limit=18, crop=256,
+                     kernels="levin:33", sigmas="5,10"),
+}
+GENERAL_DEFAULTS = dict(dataset=DEFAULT_DATASET, limit=None, crop=256, kernels="motion:33", sigmas="5,10,20")
 
 
 def register(sub):
@@ -14,19 +23,23 @@ def register(sub):
                     "finishes, and write OUT/summary.md, summary.csv and the PSNR-vs-runtime plot pareto.png. "
                     "Re-running with the same --out resumes. Sharding: --shard i/N, or torchrun (RANK/WORLD_SIZE) "
                     "or a SLURM array (SLURM_ARRAY_TASK_ID/COUNT); then `diffem bench-merge`.")
-    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"folder of ground-truth images (default {DEFAULT_DATASET})")
+    p.add_argument("--protocol", default=None, choices=tuple(PROTOCOLS),
+                   help="a preset split: 'tune' = first 16 CBSD68 crops (256²) × the tuning kernels (tuning:33: "
+                        "USRNet motion + generator kernels) × σ 5,10; 'validate' = 18 McMaster crops × the 8 Levin "
+                        "kernels (levin:33, image i gets kernel i mod 8) × σ 5,10 — report on it, never tune on it")
+    p.add_argument("--dataset", default=None, help=f"folder of ground-truth images (default {DEFAULT_DATASET})")
     p.add_argument("--out", default=None, help="output folder (created; reused to resume); required")
     p.add_argument("--methods", default="fast-em-pigdm",
                    help="comma-separated method specs name[:key=value,...], e.g. "
                         "'fast-em-pigdm:n=1,fast-em-pigdm:n=4,fast-em-dps,pigdm-nonblind' "
                         "(see --list-methods)")
-    p.add_argument("--sigmas", default="5,10,20", help="noise levels on the 0..255 scale (default 5,10,20)")
-    p.add_argument("--kernels", default="motion:33",
+    p.add_argument("--sigmas", default=None, help="noise levels on the 0..255 scale (default 5,10,20)")
+    p.add_argument("--kernels", default=None,
                    help="generator:size[:key=value,...] (motion, handshake, gaussian, linear, mix), a kernel set "
                         "(levin, usrnet, lai-uniform: shipped; optionally :SIZE) or a .npy file/folder (default motion:33)")
     p.add_argument("--kernel-root", default=None,
                    help="folder holding other kernel sets (<set>/npy/*.npy; default: the sets shipped with diffem)")
-    p.add_argument("--crop", type=int, default=256, help="centre-crop size (0 = whole images; default 256)")
+    p.add_argument("--crop", type=int, default=None, help="centre-crop size (0 = whole images; default 256)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images (sorted by name)")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: each method's own)")
     p.add_argument("--prior", default="default", help="prior name or checkpoint (default 'default')")
@@ -38,6 +51,8 @@ def register(sub):
     p.add_argument("--shard", default=None, help="i/N: run only this shard (default: from torchrun/SLURM env)")
     p.add_argument("--no-save-outputs", action="store_true", help="do not save restored images and kernels")
     p.add_argument("--no-reference-metrics", action="store_true", help="skip NIQE / sharpness index / blur strength")
+    p.add_argument("--no-error-ratio", action="store_true",
+                   help="skip Levin's error ratio ER (it costs two PnP restorations per row with a kernel)")
     p.add_argument("--lpips-weights", default=None,
                    help="torchvision AlexNet/VGG-16 state dict (.pth) to compute LPIPS (skipped otherwise)")
     p.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
@@ -66,6 +81,10 @@ def run_bench(args) -> int:
         return 0
     if not args.out:
         raise ValueError("--out: an output folder is required")
+    preset = {**GENERAL_DEFAULTS, **PROTOCOLS.get(args.protocol, {})}
+    for name, value in preset.items():   # what the command line leaves unset
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit: expected a positive integer, got {args.limit}")
     if args.steps is not None and args.steps < 1:
@@ -76,7 +95,8 @@ def run_bench(args) -> int:
                       kernels=args.kernels, crop=args.crop or None, limit=args.limit, steps=args.steps,
                       prior=args.prior, seed=args.seed, boundary=args.boundary, device=args.device,
                       shard=args.shard, kernel_root=args.kernel_root, save_outputs=not args.no_save_outputs,
-                      no_reference=not args.no_reference_metrics, lpips_weights=args.lpips_weights,
+                      no_reference=not args.no_reference_metrics, error_ratio=not args.no_error_ratio,
+                      lpips_weights=args.lpips_weights,
                       lpips_net=args.lpips_net, lpips_lin=args.lpips_lin, fid_inception=args.fid_inception,
                       progress=not args.no_progress)
     res = run_benchmark(cfg)

@@ -4,6 +4,9 @@
 * ``kernel_mse_aligned``: the same after the best integer translation of k̂ (blind deconvolution
   cannot tell a kernel from its translate: a shifted kernel with the oppositely shifted image explains
   y equally well). Shifts are searched in [−s, s]² with s = ⌊k/4⌋ and are zero-padded, not circular.
+* ``error_ratio``: Levin et al.'s (CVPR 2009) error ratio ER = MSE(restore(y, k̂)) / MSE(restore(y, k)),
+  the same non-blind restorer with the estimated and with the true kernel (default: PnP-HQS with
+  FFDNet): what the kernel costs the image; ER = 1 is perfect, Levin et al. count ER < 3 as a success.
 * ``reblur_error``: per-element mean((k̂ ⊛ x̂ − y)²) − σ² (the paper's L_reblur up to its
   undetermined normalisation); ≈ 0 in expectation for the true image and kernel.
 """
@@ -73,3 +76,25 @@ def reblur_error(x_hat: torch.Tensor, k_hat: torch.Tensor, y: torch.Tensor, sigm
         raise ValueError(f"x_hat and y must have the same shape, got {tuple(x_hat.shape)} and {tuple(y.shape)}")
     r = blur(x_hat, torch.as_tensor(k_hat).double()) - y
     return (r**2).flatten(1).mean(1) - float(sigma) ** 2
+
+
+def default_restorer(y: torch.Tensor, kernel: torch.Tensor, sigma: float, boundary: str = "circular") -> torch.Tensor:
+    """The non-blind restorer of ``error_ratio``: PnP-HQS with FFDNet (``diffem.restore(method="pnp")``)."""
+    from diffem.api import restore
+
+    return restore(y, kernel, sigma, method="pnp", boundary=boundary, progress=False).image
+
+
+def error_ratio(y, k_hat, k_true, x_true, sigma: float, boundary: str = "circular", restorer=None,
+                reference_mse: float | None = None) -> float:
+    """ER = MSE(restore(y, k̂), x) / MSE(restore(y, k), x) for one (C,H,W) image; ``restorer(y, kernel,
+    sigma, boundary) -> (C,H,W)``; ``reference_mse``: the denominator when already known (e.g. cached)."""
+    restorer = restorer or default_restorer
+    x = torch.as_tensor(x_true).double()
+
+    def mse_with(kernel):
+        out = restorer(y, torch.as_tensor(kernel).float(), sigma, boundary).double().clamp(0, 1)
+        return float(((out.reshape(x.shape) - x) ** 2).mean())
+
+    ref = mse_with(k_true) if reference_mse is None else float(reference_mse)
+    return mse_with(k_hat) / max(ref, 1e-20)
