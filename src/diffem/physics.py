@@ -20,10 +20,12 @@ its boundary; the unknown image x lives on a *canvas*:
 
 Interface (x on the canvas, y and r on the observed grid)::
 
-    Blur(kernel, sigma=0.0, boundary="circular", *, observed_shape=None, multiple=1)
-    Blur.for_measurement(y, kernel, sigma=0.0, boundary="circular", multiple=1) -> Blur
+    Blur(kernel, sigma=0.0, boundary="circular", *, observed_shape=None, multiple=1, trusted=None)
+    Blur.for_measurement(y, kernel, sigma=0.0, boundary="circular", multiple=1, trusted=None) -> Blur
     .kernel  .sigma  .boundary  .canvas_shape (H', W')  .box (top, left, h, w) or None
-    .mask                 (1,1,H',W') bool, True on observed pixels (None for circular)
+    .mask                 (1,1,H',W') bool, True on observed pixels (None for circular without ``trusted``)
+    .trusted              (1,1,h,w) bool on y's grid or None: pixels the likelihood may use (e.g. False
+                          on saturated pixels, whose value is not k ⊛ x); the others count as unobserved
     .canvas(y)            the start image on the canvas: y, its margin filled by edge replication
     .crop(x)              x's observed box (what a user gets back)
     .convolve(x)          the circular k ⊛ x on the canvas
@@ -98,10 +100,12 @@ class Blur:
     """
 
     def __init__(self, kernel: torch.Tensor, sigma: float = 0.0, boundary: str = "circular", *,
-                 observed_shape: tuple[int, int] | None = None, multiple: int = 1):
+                 observed_shape: tuple[int, int] | None = None, multiple: int = 1,
+                 trusted: torch.Tensor | None = None):
         self.kernel = kernel
         self.sigma = float(sigma)
         self.boundary = check_boundary(boundary)
+        self.trusted = None if trusted is None else trusted.to(dtype=torch.bool).reshape(1, 1, *trusted.shape[-2:])
         self.box = None                                   # (top, left, h, w) of y on the canvas
         self.canvas_shape = None if observed_shape is None else tuple(observed_shape[-2:])
         self._mask = None
@@ -117,13 +121,15 @@ class Blur:
 
     @classmethod
     def for_measurement(cls, y: torch.Tensor, kernel: torch.Tensor, sigma: float = 0.0, boundary: str = "circular",
-                        multiple: int = 1) -> "Blur":
+                        multiple: int = 1, trusted: torch.Tensor | None = None) -> "Blur":
         """The physics of measurement y (…, h, w); ``multiple``: what the prior needs H and W to be multiples of."""
         h, w = y.shape[-2:]
         if check_boundary(boundary) == "circular" and (h % multiple or w % multiple):
             raise ValueError(f"y: this prior needs height and width multiples of {multiple}, got {h}x{w} "
                              "(or use boundary='valid', which pads; `diffem deblur` does it for you)")
-        return cls(kernel, sigma, boundary, observed_shape=(h, w), multiple=multiple)
+        if trusted is not None and tuple(trusted.shape[-2:]) != (h, w):
+            raise ValueError(f"trusted: expected a mask of y's size {h}x{w}, got {tuple(trusted.shape[-2:])}")
+        return cls(kernel, sigma, boundary, observed_shape=(h, w), multiple=multiple, trusted=trusted)
 
     def with_kernel(self, kernel: torch.Tensor) -> "Blur":
         if self.box is not None and kernel.shape[-1] // 2 > min(self.box[0], self.box[1]):
@@ -134,11 +140,21 @@ class Blur:
 
     @property
     def mask(self) -> torch.Tensor | None:
-        if self.box is not None and self._mask is None:
+        if self._mask is None and self.box is not None:
             top, left, h, w = self.box
             self._mask = torch.zeros((1, 1) + self.canvas_shape, dtype=torch.bool, device=self.kernel.device)
-            self._mask[..., top:top + h, left:left + w] = True
+            self._mask[..., top:top + h, left:left + w] = True if self.trusted is None else self.trusted
+        elif self._mask is None and self.trusted is not None:
+            self._mask = self.trusted
         return self._mask
+
+    def _weight(self, r: torch.Tensor) -> torch.Tensor:
+        """r on y's grid with untrusted pixels zeroed."""
+        return r if self.trusted is None else r * self.trusted.to(device=r.device, dtype=r.dtype)
+
+    def residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """y − A x on y's grid, zero on untrusted pixels."""
+        return self._weight(y - self.A(x))
 
     def canvas(self, y: torch.Tensor) -> torch.Tensor:
         if self.box is None:
@@ -152,6 +168,8 @@ class Blur:
 
     def _embed(self, r: torch.Tensor) -> torch.Tensor:
         """Observed-grid r on the canvas, zero outside y's box."""
+        if self.box is None:
+            return r
         top, left, h, w = self.box
         H, W = self.canvas_shape
         return F.pad(r, (left, W - w - left, top, H - h - top))
@@ -163,10 +181,10 @@ class Blur:
         return self.crop(self.convolve(x))
 
     def A_adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        return blur_adjoint(r if self.box is None else self._embed(r), self.kernel)
+        return blur_adjoint(self._embed(r), self.kernel)
 
     def impute(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        if self.box is None:
+        if self.mask is None:
             return y
         return torch.where(self.mask, self._embed(y), self.convolve(x).to(y.dtype))
 
@@ -179,18 +197,19 @@ class Blur:
         return torch.fft.irfft2(K.conj() * (Y - K * X) / (r2 * K.abs() ** 2 + sigma2), s=x.shape[-2:])
 
     def prox(self, v: torch.Tensor, y: torch.Tensor, rho: float, cg_iters: int = 8) -> torch.Tensor:
-        """argmin_x ‖y − A x‖² + ρ‖x − v‖², x and v on the canvas. Circular: (K̄Y + ρV)/(|K|² + ρ) in
-        Fourier. Valid: (AᵀA + ρ)x = Aᵀy + ρv by conjugate gradients from v, preconditioned with the
-        circular solve (the two operators differ only near the border, so a few iterations suffice)."""
+        """argmin_x ‖y − A x‖² + ρ‖x − v‖² over the trusted pixels, x and v on the canvas. Circular:
+        (K̄Y + ρV)/(|K|² + ρ) in Fourier. Valid (or untrusted pixels): (AᵀWA + ρ)x = AᵀWy + ρv by
+        conjugate gradients from v, preconditioned with the circular solve (the operators differ only
+        near the border and the untrusted pixels, so a few iterations suffice)."""
         K = kernel_to_otf(self.kernel.to(v.dtype), v.shape[-2:])
         K2 = K.abs() ** 2
-        if self.box is None:
+        if self.mask is None:
             return torch.fft.irfft2((K.conj() * torch.fft.rfft2(y) + rho * torch.fft.rfft2(v)) / (K2 + rho),
                                     s=v.shape[-2:])
         precondition = lambda r: torch.fft.irfft2(torch.fft.rfft2(r) / (K2 + rho), s=v.shape[-2:])  # noqa: E731
-        normal = lambda z: self.A_adjoint(self.A(z)) + rho * z                                   # noqa: E731
+        normal = lambda z: self.A_adjoint(self._weight(self.A(z))) + rho * z                     # noqa: E731
         x = v.clone()
-        r = self.A_adjoint(y) + rho * v - normal(x)
+        r = self.A_adjoint(self._weight(y)) + rho * v - normal(x)
         z = precondition(r)
         p, rz = z, (r * z).sum()
         for _ in range(cg_iters):

@@ -7,7 +7,10 @@ kernel size scaled alike, down to ``min_size`` px), each level alternates ``iter
     k ← clean(argmin_{k≥0} Σ_d ‖∂_d x ⊛ k − ∂_d v‖² + γ‖k‖²)   (``steps.kernel_nnls``, ``clean_kernel``)
     λ ← max(λ · lam_ratio, lam_min)
 
-starting from a delta at the coarsest level, each level's kernel upsampled to the next. This is the
+starting from a delta at the coarsest level, each level's kernel upsampled to the next. With a
+``mask`` (the observed, trusted pixels of a canvas larger than the photo: a 'valid' blur, saturated
+pixels), the pixels outside it are re-imputed with k ⊛ x after every kernel step — the EM step for
+missing data, under which the unmasked least squares converges to the masked one. This is the
 classical scheme of Xu et al. (CVPR 2013) and Pan et al. (CVPR 2014) with two changes that were
 measured on the tuning split (CBSD68 × generator and USRNet kernels, σ 5 and 10/255;
 docs/benchmarks/kernel-estimation.md): the kernel step is a non-negative least squares on the
@@ -21,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
-from diffem.physics import delta_kernel, recenter
+from diffem.physics import blur, delta_kernel, recenter
 
 DEFAULTS = dict(lam=3.2e-2, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iters=5, scale=math.sqrt(0.5),
                 min_size=5, threshold=0.05, min_mass=0.1, nnls_iters=200)
@@ -54,24 +57,32 @@ def _resize_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
     return recenter(out / out.sum())
 
 
-def estimate_kernel_multiscale(v: torch.Tensor, kernel_size: int, callback=None, **settings) -> torch.Tensor:
-    """The (kernel_size, kernel_size) kernel of grey image v (H, W) on [0, 1]; ``settings`` override
-    ``DEFAULTS``. ``callback(level, kernel)`` is called after each level (coarse to fine)."""
+def estimate_kernel_multiscale(v: torch.Tensor, kernel_size: int, mask: torch.Tensor | None = None, callback=None,
+                               **settings) -> torch.Tensor:
+    """The (kernel_size, kernel_size) kernel of grey image v (H, W) on [0, 1]; ``mask`` (H, W) bool:
+    the pixels that are data (None: all); ``settings`` override ``DEFAULTS``. ``callback(level,
+    kernel)`` is called after each level (coarse to fine)."""
     unknown = set(settings) - set(DEFAULTS)
     if unknown:
         raise ValueError(f"unknown kernel-estimation setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
     p = {**DEFAULTS, **settings}
     v = v.double()
-    v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)   # the kernel does not depend on an affine change
+    data = v if mask is None else v[mask]
+    v = (v - data.min()) / (data.max() - data.min()).clamp_min(1e-12)   # the kernel ignores an affine change
     lam, k = p["lam"], None
     levels = pyramid(tuple(v.shape[-2:]), kernel_size, p["scale"], p["min_size"])
     for level, (h, w, ks) in enumerate(reversed(levels)):
         v_l = _resize_image(v, (h, w))
+        # a coarse pixel is data only if all of its footprint is
+        m_l = None if mask is None else _resize_image(mask.double(), (h, w)) > 1 - 1e-6
+        observed = v_l.clone()
         k = delta_kernel(ks, dtype=v.dtype) if k is None else _resize_kernel(k, ks)
         for _ in range(p["iters"]):
             x = l0_latent(v_l, k, lam)
             k = clean_kernel(kernel_nnls(x, v_l, ks, p["gamma"], p["nnls_iters"], k_init=k), p["threshold"],
                              p["min_mass"])
+            if m_l is not None:   # EM for the missing pixels
+                v_l = torch.where(m_l, observed, blur(x[None, None], k)[0, 0])
             lam = max(lam * p["lam_ratio"], p["lam_min"])
         if callback is not None:
             callback(level, k)

@@ -7,8 +7,9 @@ on the pre-denoised image, the image by PnP-HQS with that kernel, then a data-fi
    the 'valid' boundary the image is first extended smoothly and periodically (``pad_periodic``) so
    that the circular model of the kernel stage makes no wrap-around edge.
 3. Image: ``pnp.pnp_hqs`` on y with the estimated kernel and the measurement's own boundary.
-4. Safeguard (``safeguard.check_kernel``): a kernel whose restoration does not explain y is marked
-   untrusted in ``info`` and, with ``fallback=True``, the conservative result is returned instead.
+4. Safeguard (``safeguard.check_kernel``): a kernel whose restoration explains y clearly worse than
+   the no-blur hypothesis does is marked untrusted in ``info`` and, with ``fallback=True``, the
+   conservative result (y denoised) is returned instead.
 """
 from __future__ import annotations
 
@@ -20,31 +21,40 @@ from diffem.blind.multiscale import estimate_kernel_multiscale
 from diffem.blind.safeguard import check_kernel
 from diffem.physics import Blur, delta_kernel
 from diffem.pnp import pnp_hqs
-from diffem.realphoto.boundary import crop, pad_periodic
+from diffem.realphoto.boundary import pad_periodic
 
 
 def estimate_kernel(y: torch.Tensor, sigma: float, kernel_size: int, denoiser, boundary: str = "circular",
-                    **settings) -> torch.Tensor:
-    """Steps 1–2: the (k, k) kernel of (1, C, h, w) y."""
+                    trusted: torch.Tensor | None = None, **settings) -> torch.Tensor:
+    """Steps 1–2: the (k, k) kernel of (1, C, h, w) y. For 'valid', y is put on a canvas larger by
+    ⌊k/2⌋ (a smooth periodic extension as the start value) whose margin is missing data; ``trusted``
+    (h, w) bool marks the pixels that are data (e.g. not saturated)."""
     with torch.no_grad():
         v = denoiser(y, sigma)[0].mean(0)
+    mask = None if trusted is None else trusted.reshape(v.shape).bool()
     if boundary == "valid":
-        v = pad_periodic(v, kernel_size)[0]
-    return estimate_kernel_multiscale(v, kernel_size, **settings)
+        v, box = pad_periodic(v, kernel_size // 2 + 2)
+        observed = torch.zeros(v.shape, dtype=torch.bool)
+        top, left, h, w = box
+        observed[top:top + h, left:left + w] = True if mask is None else mask
+        mask = observed
+    return estimate_kernel_multiscale(v, kernel_size, mask=mask, **settings)
 
 
 def deblur_multiscale(y: torch.Tensor, sigma: float, kernel_size: int, denoiser, *, boundary: str = "circular",
                       fallback: bool = True, progress: bool = False, kernel_settings: dict | None = None,
-                      pnp_settings: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Steps 1–4 on (1, C, h, w) y. Returns (image (1, C, h, w) on [0, 1], kernel (k, k), info)."""
+                      pnp_settings: dict | None = None,
+                      trusted: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Steps 1–4 on (1, C, h, w) y. Returns (image (1, C, h, w) on [0, 1], kernel (k, k), info);
+    ``trusted`` (h, w) bool: the pixels the likelihood may use (None: all)."""
     t0 = time.perf_counter()
-    kernel = estimate_kernel(y, sigma, kernel_size, denoiser, boundary, **(kernel_settings or {}))
+    kernel = estimate_kernel(y, sigma, kernel_size, denoiser, boundary, trusted, **(kernel_settings or {}))
     t1 = time.perf_counter()
-    physics = Blur.for_measurement(y, kernel.to(y.device), sigma, boundary)
+    physics = Blur.for_measurement(y, kernel.to(y.device), sigma, boundary, trusted=trusted)
     x_canvas = pnp_hqs(y, physics, denoiser, progress=progress, **(pnp_settings or {}))
     x = physics.crop(x_canvas).clamp(0, 1)
     t2 = time.perf_counter()
-    verdict = check_kernel(y, x_canvas, physics, denoiser)
+    verdict = check_kernel(y, x_canvas, physics, denoiser, **(pnp_settings or {}))
     info = {"kernel_s": t1 - t0, "restore_s": t2 - t1, "check_s": time.perf_counter() - t2, **verdict}
     if fallback and not verdict["kernel_trusted"]:
         x, kernel = verdict.pop("fallback_image"), delta_kernel(kernel_size, device=y.device)

@@ -1,32 +1,40 @@
 """A data-fit check of an estimated kernel, and the conservative fallback.
 
-A correct kernel lets a regularised restoration x̂ explain the measurement down to the noise:
-r = mean((y − A x̂)²)/σ² ≈ 1 (slightly below: the denoiser keeps a little of the noise). A kernel
-that is too large or misshapen cannot: y holds detail at frequencies where k̂ has (near) zeros, and
-the restoration either misses it or rings, so r rises above 1. The no-blur hypothesis (k = δ, x̂ the
-denoised y) is the conservative alternative; its ratio r₀ is reported beside r.
+A correct kernel lets a regularised restoration x̂ explain the measurement down to the noise: the
+residual ratio r = mean((y − A x̂)²)/σ² is ≈ 1 (slightly below: the denoiser keeps a little noise).
+A kernel that is too large or misshapen cannot: y holds detail at frequencies where k̂ has (near)
+zeros, and the restoration either misses it or rings, so r rises. The no-blur hypothesis — the same
+restorer with k = δ, i.e. y denoised — is the reference: its ratio r₀ carries the same errors of σ
+and of the noise model, so the test is relative, r ≤ ``limit``·r₀, and its image is the fallback.
 
-The threshold was calibrated on the tuning split (docs/benchmarks/kernel-estimation.md): estimated,
-true, dilated, rotated and foreign kernels, with the restored image's PSNR change as the truth.
+Calibrated on the tuning split (32 items; docs/benchmarks/kernel-estimation.md): with the estimated,
+true, 1.5×-dilated, rotated and foreign kernels, r/r₀ > 1.05 caught 71 of the 85 restorations worse
+than their input and flagged none of the 75 better ones (the worst good estimate: 1.043).
 """
 from __future__ import annotations
 
 import torch
 
-RESIDUAL_LIMIT = 1.1     # r above this: the kernel does not explain y (calibrated on the tuning split)
+from diffem.physics import delta_kernel
+from diffem.pnp import pnp_hqs
+
+RELATIVE_LIMIT = 1.05
 
 
 def residual_ratio(y: torch.Tensor, x: torch.Tensor, physics) -> float:
-    """mean((y − A x)²)/σ² over the observed pixels; x on the physics' canvas."""
-    return float(((y - physics.A(x)) ** 2).mean()) / max(physics.sigma, 1e-8) ** 2
+    """mean((y − A x)²)/σ² over the observed, trusted pixels; x on the physics' canvas."""
+    count = y[0].numel() if physics.trusted is None else float(physics.trusted.sum()) * y.shape[1]
+    return float((physics.residual(y, x) ** 2).sum()) / max(count, 1.0) / max(physics.sigma, 1e-8) ** 2
 
 
 @torch.no_grad()
-def check_kernel(y: torch.Tensor, x: torch.Tensor, physics, denoiser, limit: float = RESIDUAL_LIMIT) -> dict:
-    """Is ``physics.kernel`` trusted, given the restoration x (on the canvas) of y? Returns the verdict,
-    both residual ratios and the conservative image (y denoised: the no-blur hypothesis)."""
+def check_kernel(y: torch.Tensor, x: torch.Tensor, physics, denoiser, limit: float = RELATIVE_LIMIT,
+                 **pnp_settings) -> dict:
+    """Is ``physics.kernel`` trusted, given its PnP restoration x (on the canvas) of y? Returns the
+    verdict, both residual ratios and the no-blur restoration (on y's grid) for the fallback."""
     r = residual_ratio(y, x, physics)
-    no_blur = denoiser(y, physics.sigma).clamp(0, 1)
-    r0 = float(((y - no_blur) ** 2).mean()) / max(physics.sigma, 1e-8) ** 2
-    return {"kernel_trusted": bool(r <= limit), "residual_ratio": r, "residual_ratio_no_blur": r0,
-            "residual_limit": limit, "fallback_image": no_blur}
+    no_blur_physics = physics.with_kernel(delta_kernel(physics.kernel.shape[-1], device=y.device))
+    x0 = pnp_hqs(y, no_blur_physics, denoiser, **pnp_settings)
+    r0 = residual_ratio(y, x0, no_blur_physics)
+    return {"kernel_trusted": bool(r <= limit * r0), "residual_ratio": r, "residual_ratio_no_blur": r0,
+            "residual_limit": limit, "fallback_image": no_blur_physics.crop(x0).clamp(0, 1)}
