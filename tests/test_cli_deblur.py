@@ -43,7 +43,7 @@ def _no_leftovers(folder):
 def test_rgb_outputs_and_report(tmp_path, capsys):
     src = _img(tmp_path / "a.png")
     out = tmp_path / "out"
-    code, err = _run(capsys, src, "-o", out, "--sigma", "5/255", "--save-samples", *FAST)
+    code, err = _run(capsys, src, "-o", out, "--sigma", "5/255", "--save-samples", "--method", "fast-em-pigdm", *FAST)
     assert code == 0, err
     for suffix in OUTPUTS + ("_sample0.png",):
         assert (out / f"a{suffix}").is_file()
@@ -55,6 +55,19 @@ def test_rgb_outputs_and_report(tmp_path, capsys):
     assert k.shape == (5, 5) and abs(k.sum() - 1) < 1e-4
     assert Image.open(out / "a_deblurred.png").size == (40, 36)
     _no_leftovers(out)
+
+
+def test_default_method_reports_the_safeguard(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    out = tmp_path / "out"
+    code, err = _run(capsys, src, "-o", out, "--quiet", "--device", "cpu")
+    assert code == 0, err
+    rep = json.loads((out / "a_report.json").read_text())
+    assert rep["parameters"]["method"] == "multiscale-pnp" and rep["parameters"]["kernel_size"] == "auto"
+    assert isinstance(rep["kernel_trusted"], bool) and rep["output"] in ("pnp", "denoised")
+    assert rep["safeguard"]["residual_limit"] == pytest.approx(1.05)
+    assert not list(out.glob("a_sample*"))            # no posterior samples: nothing to save
+    assert Image.open(out / "a_deblurred.png").size == (40, 36)
 
 
 def test_grayscale_in_grayscale_out(tmp_path, capsys):

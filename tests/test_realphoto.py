@@ -201,19 +201,32 @@ def test_informative_window_prefers_texture_and_avoids_saturation():
 
 # -------------------------------------------------------------------------------- pipeline
 
-def test_deblur_photo_whole_and_windowed_paths():
+def test_deblur_photo_default_method_whole_photo():
+    """multiscale-pnp on a small, odd-sized, greyscale 'valid'-blurred photo: its own size back, an
+    auto-sized kernel trimmed to its support, the safeguard's verdict in info."""
+    from diffem.physics import blur_valid
+
     x = _photo()[0].float()
-    y_gray = x.mean(0, keepdim=True)[:, :45, :38]  # odd, non-square, greyscale
-    r = deblur_photo(y_gray, sigma="auto", prior="gaussian", kernel_size=5, steps=2, device="cpu",
-                     progress=False, window=64)
-    assert r.image.shape == (1, 45, 38) and r.restore == "blind" and r.window is None
-    assert r.sigma_estimated and r.sigma >= 1 / 255
-    assert r.kernel.shape == (5, 5) and abs(float(r.kernel.sum()) - 1) < 1e-4 and r.kernel.min() >= 0
-    r2 = deblur_photo(x, sigma="3/255", prior="gaussian", kernel_size=5, steps=2, device="cpu", progress=False,
-                      window=32)
-    assert r2.image.shape == (3, 96, 96) and r2.restore == "wiener" and r2.window[2:] == (32, 32)
-    assert not r2.sigma_estimated and r2.sigma == pytest.approx(3 / 255)
-    assert 0 <= float(r2.image.min()) and float(r2.image.max()) <= 1
+    y = blur_valid(x.mean(0, keepdim=True)[None], _kernel().float())[0, :, :79, :74]   # odd, non-square, grey
+    y = (y + 2 / 255 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    r = deblur_photo(y, sigma="auto", device="cpu", progress=False)
+    assert r.image.shape == (1, 79, 74) and r.window is None and r.restore in ("pnp", "denoised")
+    assert r.sigma_estimated and r.sigma >= 1 / 255 and r.info["windows_tried"] == 1
+    assert r.kernel.shape[0] % 2 == 1 and 9 <= r.kernel.shape[0] <= (74 // 4) | 1   # auto: at most a quarter
+    assert abs(float(r.kernel.sum()) - 1) < 1e-4 and r.kernel.min() >= 0
+    assert isinstance(r.info["kernel_trusted"], bool) and r.info["residual_ratio_relative"] > 0
+
+
+def test_deblur_photo_windowed_paths_of_a_diffusion_method():
+    x = _photo()[0].float()
+    r = deblur_photo(x, sigma="3/255", prior="gaussian", method="fast-em-pigdm", kernel_size=5, steps=2,
+                     device="cpu", progress=False, window=32, restore="wiener", fallback=False)
+    assert r.image.shape == (3, 96, 96) and r.restore == "wiener" and r.window[2:] == (32, 32)
+    assert not r.sigma_estimated and r.sigma == pytest.approx(3 / 255)
+    assert 0 <= float(r.image.min()) and float(r.image.max()) <= 1
+    r2 = deblur_photo(x[:, :40, :40], sigma="3/255", prior="gaussian", method="fast-em-pigdm", kernel_size=5,
+                      steps=2, device="cpu", progress=False, window=64)
+    assert r2.restore == "sample" and r2.samples.shape == (1, 3, 40, 40)   # auto: the sampler's own image
     with pytest.raises(ValueError, match="kernel size"):
         deblur_photo(x[:, :20, :20], kernel_size=33, prior="gaussian")
 

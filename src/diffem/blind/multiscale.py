@@ -27,7 +27,7 @@ from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.physics import blur, delta_kernel, recenter
 
 DEFAULTS = dict(lam=3.2e-2, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iters=5, scale=math.sqrt(0.5),
-                min_size=5, threshold=0.05, min_mass=0.1, nnls_iters=200)
+                min_size=5, threshold=0.05, min_mass=0.1, nnls_iters=200, support_margin=None)
 
 
 def pyramid(shape: tuple[int, int], ksize: int, scale: float, min_size: int) -> list[tuple[int, int, int]]:
@@ -57,6 +57,24 @@ def _resize_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
     return recenter(out / out.sum())
 
 
+def _place(k: torch.Tensor, size: int) -> torch.Tensor:
+    """k zero-padded or cropped around its centre ⌊n/2⌋ to (size, size)."""
+    n, c = k.shape[-1], size // 2 - k.shape[-1] // 2
+    out = k.new_zeros(size, size)
+    src = slice(max(-c, 0), min(n, size - c))
+    dst = slice(max(c, 0), max(c, 0) + src.stop - src.start)
+    out[dst, dst] = k[src, src]
+    return out / out.sum().clamp_min(1e-30)
+
+
+def fitted_size(k: torch.Tensor, margin: float, largest: int, smallest: int) -> int:
+    """The odd support that holds k's non-zero pixels around its centre plus ``margin``·(their radius) + 2 px."""
+    rows, cols = torch.nonzero(k > 0, as_tuple=True)
+    c = k.shape[-1] // 2
+    radius = int(max((rows - c).abs().max(), (cols - c).abs().max())) if len(rows) else 0
+    return int(min(largest, max(smallest, 2 * (radius + math.ceil(margin * radius) + 2) + 1)))
+
+
 def estimate_kernel_multiscale(v: torch.Tensor, kernel_size: int, mask: torch.Tensor | None = None, callback=None,
                                **settings) -> torch.Tensor:
     """The (kernel_size, kernel_size) kernel of grey image v (H, W) on [0, 1]; ``mask`` (H, W) bool:
@@ -76,7 +94,13 @@ def estimate_kernel_multiscale(v: torch.Tensor, kernel_size: int, mask: torch.Te
         # a coarse pixel is data only if all of its footprint is
         m_l = None if mask is None else _resize_image(mask.double(), (h, w)) > 1 - 1e-6
         observed = v_l.clone()
-        k = delta_kernel(ks, dtype=v.dtype) if k is None else _resize_kernel(k, ks)
+        if k is None:
+            k = delta_kernel(ks, dtype=v.dtype)
+        elif p["support_margin"] is None:
+            k = _resize_kernel(k, ks)
+        else:   # the support grows with the kernel: only as large as the upsampled estimate needs
+            up = _resize_kernel(k, 2 * int(round(k.shape[-1] / p["scale"] / 2)) + 1)
+            k = _place(up, fitted_size(up, p["support_margin"], ks, min(ks, p["min_size"])))
         for _ in range(p["iters"]):
             x = l0_latent(v_l, k, lam)
             k = clean_kernel(kernel_nnls(x, v_l, ks, p["gamma"], p["nnls_iters"], k_init=k), p["threshold"],
@@ -86,4 +110,4 @@ def estimate_kernel_multiscale(v: torch.Tensor, kernel_size: int, mask: torch.Te
             lam = max(lam * p["lam_ratio"], p["lam_min"])
         if callback is not None:
             callback(level, k)
-    return k.float()
+    return _place(k, kernel_size).float()

@@ -78,7 +78,8 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     t0 = time.perf_counter()
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
-                       progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary)
+                       progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary,
+                       sigma_floor=args.sigma_floor)
     elapsed = time.perf_counter() - t0
     restored = res.image.permute(1, 2, 0).numpy()
     kernel = res.kernel.numpy().astype(np.float32)
@@ -97,7 +98,8 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                 write_photo(outputs[f"sample_{i}"], s.permute(1, 2, 0).numpy(), None, photo.bit_depth)
                 written.append(outputs[f"sample_{i}"])
         title = (f"{Path(path).name}: {args.method}, σ={res.sigma * 255:.2f}/255"
-                 f"{' (estimated)' if res.sigma_estimated else ''}, {res.restore}")
+                 f"{' (estimated)' if res.sigma_estimated else ''}, {res.restore}"
+                 + ("" if res.info.get("kernel_trusted", True) else " — kernel NOT trusted: output only denoised"))
         _figure(outputs["figure"], photo.pixels, restored, kernel, title)
         written.append(outputs["figure"])
         report = {
@@ -111,6 +113,11 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                            "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
             "kernel_window": list(res.window) if res.window else None,
+            "kernel_trusted": res.info.get("kernel_trusted"),
+            "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_limit", "window_scores")
+                          if k in res.info},
+            "output": res.restore, "kernel_size": int(kernel.shape[-1]),
+            "saturated_fraction": res.info.get("saturated_fraction"),
             "timings": {k: round(float(v), 4) for k, v in res.timings.items()}, "elapsed_s": round(elapsed, 3),
             "diffem_version": version, "torch_version": diffem.api.torch.__version__,
         }
@@ -121,16 +128,22 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             if os.path.exists(p):
                 os.remove(p)
         raise
-    return {"input": path, "outputs": outputs, "sigma": res.sigma, "estimated": res.sigma_estimated, "time": elapsed}
+    return {"input": path, "outputs": outputs, "sigma": res.sigma, "estimated": res.sigma_estimated, "time": elapsed,
+            "trusted": res.info.get("kernel_trusted", True)}
+
+
+def _check_prior_name(name: str) -> None:
+    from diffem.priors import PRIOR_NAMES
+
+    if name not in PRIOR_NAMES and not os.path.exists(name.removeprefix("diffusers:")):
+        raise CLIError(f"--prior: unknown prior {name!r} (names: {', '.join(PRIOR_NAMES)}, a checkpoint path "
+                       "or diffusers:FOLDER)")
 
 
 def _load_prior_or_fail(name: str, dev, preset, fallback: bool):
-    from diffem.priors import PRIOR_NAMES, load_prior
+    from diffem.priors import load_prior
 
-    path = name.removeprefix("diffusers:")
-    if name not in PRIOR_NAMES and not os.path.exists(path):
-        raise CLIError(f"--prior: unknown prior {name!r} (names: {', '.join(PRIOR_NAMES)}, a checkpoint path "
-                       "or diffusers:FOLDER)")
+    _check_prior_name(name)
     try:
         return load_prior(name, preset=preset, device=dev), name
     except (ImportError, FileNotFoundError, OSError, KeyError) as e:
@@ -154,10 +167,18 @@ def _validate(args):
 
     check_choice(args.method, BLIND_METHODS, "--method")
     check_choice(args.format, FORMATS, "--format")
-    check_kernel_size(args.kernel_size, name="--kernel-size")
+    if args.kernel_size != "auto":
+        try:
+            args.kernel_size = int(args.kernel_size)
+        except ValueError:
+            raise CLIError(f"--kernel-size: expected 'auto' or an integer, got {args.kernel_size!r}") from None
+        check_kernel_size(args.kernel_size, name="--kernel-size")
     check_positive_int(args.particles, "--particles")
-    if args.window < 2 * args.kernel_size:
-        raise CLIError(f"--window: must be at least twice the kernel size ({2 * args.kernel_size}), got {args.window}")
+    if args.window is not None:
+        check_positive_int(args.window, "--window")
+        if args.kernel_size != "auto" and args.window < 2 * args.kernel_size:
+            raise CLIError(f"--window: must be at least twice the kernel size ({2 * args.kernel_size}), got {args.window}")
+    parse_sigma(args.sigma_floor, "--sigma-floor", allow_zero=True)
     if args.steps is not None:
         check_positive_int(args.steps, "--steps")
     check_choice(args.restore, RESTORE_MODES, "--restore")
@@ -193,8 +214,11 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
             return 2
         raise CLIError("no input image")
     _prepare_output(args)
-    prior, prior_used = _load_prior_or_fail(args.prior, args.device, args.preset, fallback_prior)
-    args.prior = prior_used
+    if args.method == "multiscale-pnp":    # needs the denoiser, not the diffusion prior
+        _check_prior_name(args.prior)
+        prior = args.prior
+    else:
+        prior, args.prior = _load_prior_or_fail(args.prior, args.device, args.preset, fallback_prior)
     protected = {os.path.realpath(f) for f in files}
     failed = len(problems)
     done = []
@@ -210,8 +234,10 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
             continue
         done.append(r)
         est = " (estimated)" if r["estimated"] else ""
+        warn = "" if r["trusted"] else ("\n  warning: the estimated kernel does not explain the photo (safeguard); "
+                                       "the output is only denoised, not deblurred")
         print(f"{path} -> {r['outputs']['image']}  (kernel {r['outputs']['kernel_npy']}, figure "
-              f"{r['outputs']['figure']}; σ = {r['sigma'] * 255:.2f}/255{est}; {r['time']:.1f} s)")
+              f"{r['outputs']['figure']}; σ = {r['sigma'] * 255:.2f}/255{est}; {r['time']:.1f} s){warn}")
     if failed:
         if failed + len(done) > 1:
             print(f"diffem {args.command}: {failed} input(s) failed, {len(done)} done", file=sys.stderr)
@@ -219,11 +245,15 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
     return 0
 
 
-def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int = 256) -> None:
+def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int | None = None) -> None:
     p.add_argument("-o", "--output", default="deblurred", help="output folder (created if missing)")
     p.add_argument("--sigma", default="auto", help="noise std on [0,1]: 'auto' (estimated), 0.02 or 5/255")
-    p.add_argument("--kernel-size", type=int, default=33, help="side of the estimated kernel (≥ 3, larger than the blur)")
-    p.add_argument("--method", default="fast-em-pigdm", help="fast-em-pigdm | fast-em-dps | em-pigdm | em-dps")
+    p.add_argument("--kernel-size", default="auto",
+                   help="side of the estimated kernel: auto (grows as the blur needs, up to 75 px) or an integer ≥ 3")
+    p.add_argument("--method", default="multiscale-pnp",
+                   help="multiscale-pnp (diffem's default) | the paper's fast-em-pigdm | fast-em-dps | em-pigdm | em-dps")
+    p.add_argument("--sigma-floor", default="1/255",
+                   help="lowest noise level the restoration assumes (quantisation, JPEG, model error)")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,
                    help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")
@@ -232,9 +262,11 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int =
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=window_default,
-                   help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW region")
+                   help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW regions "
+                        "(default 512 for multiscale-pnp, 256 for the diffusion methods)")
     p.add_argument("--restore", default="auto",
-                   help="full-photo restoration for large photos: auto (= wiener) | wiener (fast) | diffusion (tiles)")
+                   help="full-photo restoration: auto (= pnp; = sample for a diffusion method on a photo that fits "
+                        "its window) | pnp (PnP-HQS with FFDNet, tiles) | wiener (fast) | diffusion (tiles) | sample")
     p.add_argument("--boundary", default="valid",
                    help="valid: the photo is a non-circular blur of a larger, unobserved scene (exact); "
                         "circular: smooth periodic extension + the circular model (the paper's synthetic setting)")

@@ -1,20 +1,22 @@
 """``deblur_photo``: blind deblurring of a real photo of any size, end to end.
 
-1. σ: estimated from the photo (``noise.estimate_sigma``) unless given.
-2. Boundaries: the photo was blurred by a non-circular convolution. ``boundary="valid"`` (default)
-   models exactly that (``Blur`` "valid": the scene beyond the photo's border is an unknown);
-   ``boundary="circular"`` first extends the photo periodically and smoothly (``boundary.pad_periodic``,
-   margin ≥ kernel size / 2 on each side, size rounded to a multiple of 16 for the UNet), runs the
-   circular model and crops back.
-3. Small photos (both sides ≤ ``window``·``full_factor``): ``diffem.deblur`` on the whole photo; its
-   image and kernel are the answer.
-4. Larger photos: the kernel is estimated by ``diffem.deblur`` on the ``window``×``window`` region
-   with the most gradient energy and no saturation (``tiling.informative_window``); the full photo is
-   then restored with that kernel tile by tile (``tiling.map_tiles``), either by the fast
-   Tikhonov-gradient deconvolution with the exact non-circular boundary model
-   (``restore="wiener"``, ``tiling.deconv_valid``, the default for large photos) or by the
-   non-blind diffusion sampler ``diffem.restore`` on each tile (``restore="diffusion"``: best
-   quality, but ~(H·W / window²) times the cost of the blind run).
+1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the restoration uses
+   max(σ, ``sigma_floor``): 8-bit quantisation, JPEG and model error act as extra noise.
+2. Trusted pixels: clipped (saturated) pixels and everything within ⌊k/2⌋ of them leave the
+   likelihood (``Blur(trusted=…)``): their value is not k ⊛ x.
+3. Kernel: on the whole photo when it fits in ``window``·``full_factor``, else on up to ``windows``
+   non-overlapping informative windows (``tiling.informative_windows``), each kernel then scored by
+   how well it explains the *other* windows (PnP restoration's residual relative to the no-blur
+   hypothesis, the safeguard's test) and the best one kept. ``kernel_size="auto"``: a support of up to
+   ``max_kernel_size`` that grows coarse to fine only as far as the kernel needs, trimmed at the end.
+   The default method is diffem's ``multiscale-pnp``; the paper's samplers (``fast-em-pigdm``, …) can
+   be asked for and run on one window of ``window`` px.
+4. Image: PnP-HQS with the kernel on the whole photo, in blended tiles with the exact 'valid' model
+   on each (``restore="pnp"``, memory bounded by the tile), or ``"wiener"`` (fast Tikhonov), or
+   ``"diffusion"`` (the non-blind diffusion sampler per tile). ``restore="sample"`` keeps the blind
+   sampler's own posterior sample when the photo fits in the window.
+5. Safeguard: when the kernel does not explain the windows better than "no blur" within the
+   safeguard's limit, the photo is only denoised and ``info["kernel_trusted"]`` is False.
 """
 from __future__ import annotations
 
@@ -24,15 +26,22 @@ from dataclasses import dataclass, field
 import torch
 
 import diffem
+from diffem.blind import estimate_kernel
+from diffem.blind.multiscale import fitted_size, _place
+from diffem.blind.safeguard import RELATIVE_LIMIT, residual_ratio
+from diffem.denoisers import load_denoiser
 from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
-from diffem.physics import crop, wiener_deconv
+from diffem.physics import Blur, crop, delta_kernel, wiener_deconv
+from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
 from diffem.realphoto.boundary import pad_periodic
 from diffem.realphoto.noise import estimate_sigma
-from diffem.realphoto.tiling import deconv_valid, informative_window, map_tiles
+from diffem.realphoto.tiling import deconv_valid, informative_windows, map_tiles, saturated
 
 MULTIPLE = 16  # the UNets downsample 3-4 times
-RESTORE_MODES = ("auto", "wiener", "diffusion")
+RESTORE_MODES = ("auto", "pnp", "wiener", "diffusion", "sample")
+SIGMA_FLOOR = 1.0 / 255
+MAX_KERNEL_SIZE = 75
 
 
 @dataclass
@@ -41,25 +50,46 @@ class PhotoResult:
     kernel: torch.Tensor              # (k, k)
     sigma: float
     sigma_estimated: bool
-    window: tuple | None              # (top, left, h, w) of the kernel-estimation region, None = whole photo
-    restore: str                      # "blind" (whole photo by diffem.deblur), "wiener" or "diffusion"
-    samples: torch.Tensor | None = None   # (n, C, h, w) posterior samples of the blind run (window or photo)
+    window: tuple | None              # (top, left, h, w) of the region whose kernel was kept, None = whole photo
+    restore: str                      # how the full photo was restored: pnp | wiener | diffusion | sample | denoised
+    samples: torch.Tensor | None = None   # (n, C, h, w) posterior samples of a diffusion blind run (its region)
     timings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
 
 
-def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm", kernel_size: int = 33,
-                 n_particles: int = 1, steps=None, seed: int = 0, device="auto", progress: bool = True,
-                 window: int = 256, full_factor: float = 1.25, restore: str = "auto", tile: int = 512,
-                 margin: int | None = None, noise_method: str = "pca", preset: str | None = None,
-                 boundary: str = "valid", **options) -> PhotoResult:
-    """Blind deblurring of a real photo.
+def _kernel_size(kernel_size, shape) -> tuple[int, bool]:
+    """(support to estimate with, whether it is 'auto')."""
+    if kernel_size == "auto":
+        return min(MAX_KERNEL_SIZE, (min(shape) // 4) | 1), True
+    return check_kernel_size(kernel_size, shape), False
 
-    y: (C,H,W) tensor or (H,W[,C]) numpy array on [0, 1], C = 1 (processed as 3 equal channels by the RGB
-    prior and averaged back) or 3. sigma: 'auto', a float or '5/255'. restore: 'auto' (whole photo
-    by the blind sampler when it fits in the window, else 'wiener'), 'wiener' or 'diffusion'.
-    boundary: 'valid' (the blind run models the photo as a non-circular blur of a larger, unobserved
-    scene) or 'circular' (a smooth periodic extension by ``margin``, then the circular model).
+
+def _score_on(kernel, regions, sigma, den, iters=4) -> float:
+    """Mean over the regions of r(k)/r(δ): how much worse than 'no blur' the kernel explains them."""
+    ratios = []
+    for y, trusted in regions:
+        physics = Blur.for_measurement(y, kernel, sigma, "valid", trusted=trusted)
+        plain = physics.with_kernel(delta_kernel(kernel.shape[-1]))
+        r = residual_ratio(y, pnp_hqs(y, physics, den, iters=iters), physics)
+        r0 = residual_ratio(y, pnp_hqs(y, plain, den, iters=iters), plain)
+        ratios.append(r / max(r0, 1e-12))
+    return float(sum(ratios) / len(ratios))
+
+
+def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp", kernel_size="auto",
+                 n_particles: int = 1, steps=None, seed: int = 0, device="auto", progress: bool = True,
+                 window: int | None = None, windows: int = 3, full_factor: float = 1.25, restore: str = "auto",
+                 tile: int = 512, noise_method: str = "pca", sigma_floor: float = SIGMA_FLOOR,
+                 preset: str | None = None, boundary: str = "valid", denoiser="ffdnet", fallback: bool = True,
+                 saturation: float = 0.98, **options) -> PhotoResult:
+    """Blind deblurring of a real photo (see the module docstring for the steps).
+
+    y: (C,H,W) tensor or (H,W[,C]) numpy array on [0, 1], C = 1 or 3. sigma: 'auto', a float or '5/255'.
+    kernel_size: 'auto' (up to 75 px) or an integer. window: the kernel-estimation window (default 512
+    for multiscale-pnp, 256 for the diffusion samplers); windows: how many are tried on large photos.
+    restore: auto (= pnp; = sample for a diffusion method on a photo that fits its window) | pnp |
+    wiener | diffusion | sample. boundary: 'valid' (the photo is the non-circular blur of a larger
+    scene; exact) or 'circular' (periodic extension, the paper's synthetic setting; diffusion methods).
     Other arguments go to ``diffem.deblur``.
     """
     t_start = time.perf_counter()
@@ -67,13 +97,18 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
     C, H, W = y.shape
     if C not in (1, 3):
         raise ValueError(f"y: expected 1 (grayscale) or 3 colour channels, got {C}")
-    kernel_size = check_kernel_size(kernel_size, (H, W))
+    method = check_choice(method, diffem.api.BLIND_METHODS, "method")
     restore = check_choice(restore, RESTORE_MODES, "restore")
     boundary = check_boundary(boundary)
-    if window < 2 * kernel_size:
-        raise ValueError(f"window: must be at least twice the kernel size ({2 * kernel_size}), got {window}")
-    margin = kernel_size // 2 + 8 if margin is None else int(margin)
-    timings = {}
+    multiscale = method == "multiscale-pnp"
+    ksize, auto_size = _kernel_size(kernel_size, (H, W))
+    if auto_size and not multiscale:   # the paper's samplers have kernel denoisers for 33 (and 64) only
+        ksize = min(33, ksize)
+    window = (512 if multiscale else 256) if window is None else int(window)
+    if window < 2 * ksize and not auto_size:
+        raise ValueError(f"window: must be at least twice the kernel size ({2 * ksize}), got {window}")
+    ksize = min(ksize, window // 2 | 1)
+    timings, info = {}, {}
 
     # 1. noise level
     sigma = parse_sigma(sigma, allow_auto=True)
@@ -82,67 +117,111 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "fast-em-pigdm"
         t = time.perf_counter()
         sigma = estimate_sigma(y, method=noise_method)
         timings["sigma_s"] = time.perf_counter() - t
+    sigma_r = max(float(sigma), parse_sigma(sigma_floor, "sigma_floor", allow_zero=True))
 
-    # the prior is loaded once and shared by the blind run and the tiles
-    t = time.perf_counter()
     dev = resolve_device(device)
-    p = load_prior(prior, preset=preset, device=dev)
-    timings["load_prior_s"] = time.perf_counter() - t
-    common = dict(prior=p, n_particles=n_particles, steps=steps, seed=seed, device=dev, progress=progress)
-
-    # 2-3. blind estimation on the whole photo or on its most informative window
-    whole = max(H, W) <= window * full_factor
-    if whole:
-        box_win = None
-        region = y
-    else:
-        top, left = informative_window(y, window, kernel_size)
-        h, w = min(window, H), min(window, W)
-        box_win = (top, left, h, w)
-        region = y[:, top : top + h, left : left + w]
     t = time.perf_counter()
-    if boundary == "valid":   # exact non-circular model: the scene beyond the border is unobserved
-        res = diffem.deblur(region, sigma, method=method, kernel_size=kernel_size, boundary="valid",
-                            **common, **options)
-        samples = res.samples.detach().float().cpu()
-    else:                     # smooth periodic extension + the circular model (the cheaper approximation)
-        padded, box = pad_periodic(region[None], margin, max(MULTIPLE, p.multiple))
-        res = diffem.deblur(padded[0], sigma, method=method, kernel_size=kernel_size, **common, **options)
-        samples = crop(res.samples.detach().float().cpu(), box)
-    timings["blind_s"] = time.perf_counter() - t
-    kernel = res.kernel.detach().float().cpu()
+    den = load_denoiser(denoiser, device=dev, prior=prior)
+    p = None if multiscale else load_prior(prior, preset=preset, device=dev)
+    timings["load_s"] = time.perf_counter() - t
 
-    # 4. restoration of the full photo
-    if whole and restore in ("auto", "diffusion"):
-        image, mode = samples[0], "blind"
-    else:
-        mode = "wiener" if restore == "auto" else restore
-        t = time.perf_counter()
-        if mode == "wiener":
-            # interior tiles: closed-form Wiener with 2k of real context; tiles on the photo's border:
-            # the exact non-circular model (CG), so no boundary assumption enters the result
-            image = map_tiles(y, lambda t_: wiener_deconv(t_, kernel, sigma), tile=max(tile, 4 * kernel_size),
-                              overlap=max(16, kernel_size), context=2 * kernel_size, progress=progress,
-                              desc="deconvolution tiles", edge_fn=lambda t_: deconv_valid(t_, kernel, sigma))
+    # 2. trusted pixels (not clipped, not reached by a clipped pixel's blur)
+    trusted = ~saturated(y, ksize, saturation)
+    info["saturated_fraction"] = float(1 - trusted.double().mean())
+
+    # 3. the kernel
+    whole = max(H, W) <= window * full_factor
+    boxes = [(0, 0, H, W)] if whole else [(tp, lf, min(window, H), min(window, W)) for tp, lf in
+                                          informative_windows(y, window, ksize, windows if multiscale else 1)]
+    regions = [(y[None, :, tp:tp + h, lf:lf + w].to(dev), trusted[tp:tp + h, lf:lf + w].to(dev))
+               for tp, lf, h, w in boxes]
+    t = time.perf_counter()
+    samples, res = None, None
+    if multiscale:
+        settings = dict(options.pop("kernel_settings", {}))
+        if auto_size:
+            settings.setdefault("support_margin", 0.5)
+        kernels = [estimate_kernel(r, sigma, ksize, den, boundary, m, **settings) for r, m in regions]
+        if auto_size:   # trim the support to what the kernels use
+            size = max(fitted_size(k, 0.25, ksize, 9) for k in kernels)
+            kernels = [_place(k, size) for k in kernels]
+        if len(kernels) > 1:   # each kernel judged on the windows it was not estimated on
+            scores = [_score_on(k.to(dev), [r for j, r in enumerate(regions) if j != i], sigma_r, den)
+                      for i, k in enumerate(kernels)]
+            best = min(range(len(kernels)), key=scores.__getitem__)
+            info["window_scores"] = scores
         else:
-            counter = iter(range(10**9))
+            best = 0
+        kernel = kernels[best].float().cpu()
+    else:
+        region, region_trusted = regions[0]
+        if boundary == "valid":
+            res = diffem.deblur(region[0], sigma_r, prior=p, method=method, kernel_size=ksize, boundary="valid",
+                                n_particles=n_particles, steps=steps, seed=seed, device=dev, progress=progress,
+                                **options)
+            samples = res.samples.detach().float().cpu()
+        else:
+            padded, box = pad_periodic(region, ksize // 2 + 8, max(MULTIPLE, p.multiple))
+            res = diffem.deblur(padded[0], sigma_r, prior=p, method=method, kernel_size=ksize,
+                                n_particles=n_particles, steps=steps, seed=seed, device=dev, progress=progress,
+                                **options)
+            samples = crop(res.samples.detach().float().cpu(), box)
+        kernel = res.kernel.detach().float().cpu()
+        best = 0
+    timings["kernel_s"] = time.perf_counter() - t
+    window_box = None if whole else boxes[best]
 
-            def fn(tile_y):  # one diffusion posterior sample per tile, seeds differ per tile
-                r = diffem.restore(tile_y[0], kernel, sigma, prior=p, method=method.rsplit("-", 1)[1],
-                                   steps=steps, seed=seed + next(counter), device=dev, progress=False)
-                return r.image.detach().float().cpu()[None]
-            image = map_tiles(y, fn, tile=window, overlap=max(16, kernel_size), context=margin,
-                              multiple=max(MULTIPLE, p.multiple), progress=progress,
-                              desc="diffusion tiles")
-        timings["restore_s"] = time.perf_counter() - t
+    # 5 (first). the safeguard, on the kernel's own region
+    t = time.perf_counter()
+    own_score = _score_on(kernel.to(dev), [regions[best]], sigma_r, den)
+    trusted_kernel = own_score <= RELATIVE_LIMIT
+    info.update(kernel_trusted=trusted_kernel, residual_ratio_relative=own_score, residual_limit=RELATIVE_LIMIT)
+    timings["check_s"] = time.perf_counter() - t
+
+    # 4. the full photo
+    t = time.perf_counter()
+    mode = ("sample" if (whole and not multiscale) else "pnp") if restore == "auto" else restore
+    if mode == "sample" and samples is None:
+        raise ValueError("restore: 'sample' needs a diffusion method (the multiscale-pnp method draws no samples)")
+    context = 2 * kernel.shape[-1]
+    if fallback and not trusted_kernel:
+        mode = "denoised"
+        image = map_tiles(y, None, tile=tile, overlap=32, context=16, progress=progress, desc="denoising tiles",
+                          edge_fn=lambda piece: den(piece.to(dev), sigma_r).cpu())
+    elif mode == "sample":
+        image = samples[0]
+    elif mode == "pnp":
+        def pnp_tile(piece, piece_trusted):
+            physics = Blur.for_measurement(piece, kernel.to(dev), sigma_r, "valid", trusted=piece_trusted[0, 0].to(dev))
+            return physics.crop(pnp_hqs(piece.to(dev), physics, den)).cpu()
+        image = map_tiles(y, None, tile=tile, overlap=max(16, kernel.shape[-1]), context=context, progress=progress,
+                          desc="PnP tiles", edge_fn=pnp_tile, aux=trusted[None].float())
+    elif mode == "wiener":
+        image = map_tiles(y, lambda t_: wiener_deconv(t_, kernel, sigma_r), tile=max(tile, 4 * kernel.shape[-1]),
+                          overlap=max(16, kernel.shape[-1]), context=context, progress=progress,
+                          desc="deconvolution tiles", edge_fn=lambda t_: deconv_valid(t_, kernel, sigma_r))
+    else:   # diffusion: one posterior sample per tile, seeds differ per tile
+        p = p or load_prior(prior, preset=preset, device=dev)
+        counter = iter(range(10**9))
+        sampler = "pigdm" if multiscale else method.rsplit("-", 1)[1]
+
+        def fn(tile_y):
+            r = diffem.restore(tile_y[0], kernel, sigma_r, prior=p, method=sampler, steps=steps,
+                               seed=seed + next(counter), device=dev, progress=False)
+            return r.image.detach().float().cpu()[None]
+        image = map_tiles(y, fn, tile=256, overlap=max(16, kernel.shape[-1]), context=ksize // 2 + 8,
+                          multiple=max(MULTIPLE, p.multiple), progress=progress, desc="diffusion tiles")
+    timings["restore_s"] = time.perf_counter() - t
     image = image.clamp(0, 1)
     if C == 1 and image.shape[0] != 1:
         image = image.mean(0, keepdim=True)
     timings["total_s"] = time.perf_counter() - t_start
-    timings.update({f"blind_{k}": v for k, v in res.timings.items()})
-    info = dict(res.info)
-    info.update(margin=margin, noise_method=noise_method if estimated else None)
-    return PhotoResult(image=image, kernel=kernel, sigma=float(sigma), sigma_estimated=estimated, window=box_win,
+    if res is not None:
+        timings.update({f"blind_{k}": v for k, v in res.timings.items()})
+        info.update({k: v for k, v in res.info.items() if k not in info})
+    info.update(method=method, sigma_restore=sigma_r, noise_method=noise_method if estimated else None,
+                kernel_size=int(kernel.shape[-1]), windows_tried=len(boxes))
+    return PhotoResult(image=image, kernel=kernel, sigma=float(sigma), sigma_estimated=estimated, window=window_box,
                        restore=mode, samples=samples, timings=timings, info=info)
 
 

@@ -31,28 +31,32 @@ def _gray(y: torch.Tensor) -> torch.Tensor:
     return y.mean(dim=-3) if y.dim() >= 3 else y
 
 
-def informative_window(y: torch.Tensor, size: int, ksize: int = 0, stride: int = 8,
-                       saturation: float = 0.98, max_saturated: float = 0.02) -> tuple[int, int]:
-    """(top, left) of the size×size window of (C,H,W) image ``y`` maximising gradient energy
-    among windows with at most ``max_saturated`` of (dilated) saturated pixels (if none
-    qualifies, the one with the fewest)."""
+def saturated(y: torch.Tensor, ksize: int = 0, level: float = 0.98) -> torch.Tensor:
+    """(H, W) bool: pixels of (C,H,W) y within ⌊k/2⌋ of a clipped value (any channel ≥ level or ≤ 1 − level).
+    A clipped pixel is not k ⊛ x, and it spoils every blurred pixel its footprint reaches."""
+    sat = ((y.amax(dim=-3) >= level) | (y.amin(dim=-3) <= 1 - level)).double()
+    r = max(ksize // 2, 1)
+    return F.max_pool2d(sat[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+
+
+def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int = 1, stride: int = 8,
+                        saturation: float = 0.98, max_saturated: float = 0.02) -> list[tuple[int, int]]:
+    """(top, left) of up to ``count`` non-overlapping size×size windows of (C,H,W) image ``y`` with the
+    most gradient energy, among windows with at most ``max_saturated`` of (dilated) saturated pixels
+    (if none qualifies, the ones with the fewest); the best first."""
     g = _gray(y).double()
     H, W = g.shape
     if size >= H and size >= W:
-        return 0, 0
+        return [(0, 0)]
     sh, sw = min(size, H), min(size, W)
     gx = torch.zeros_like(g)
     gy = torch.zeros_like(g)
     gx[:, :-1] = g[:, 1:] - g[:, :-1]
     gy[:-1] = g[1:] - g[:-1]
-    energy = gx ** 2 + gy ** 2
-    sat = ((y.amax(dim=-3) >= saturation) | (y.amin(dim=-3) <= 1 - saturation)).double()
-    # any saturated pixel spoils the kernel's footprint around it
-    r = max(ksize // 2, 1)
-    sat = F.max_pool2d(sat[None, None], 2 * r + 1, stride=1, padding=r)[0, 0]
-    energy = energy * (1 - sat)
-    # window sums on a grid of positions, via an integral image
-    def window_sums(a):
+    sat = saturated(y, ksize, saturation).double()
+    energy = (gx ** 2 + gy ** 2) * (1 - sat)
+
+    def window_sums(a):   # on a grid of positions, via an integral image
         ii = F.pad(a.cumsum(0).cumsum(1), (1, 0, 1, 0))
         tops = torch.arange(0, H - sh + 1, stride)
         lefts = torch.arange(0, W - sw + 1, stride)
@@ -61,15 +65,26 @@ def informative_window(y: torch.Tensor, size: int, ksize: int = 0, stride: int =
         if lefts[-1] != W - sw:
             lefts = torch.cat([lefts, torch.tensor([W - sw])])
         T, L = tops[:, None], lefts[None, :]
-        s = ii[T + sh, L + sw] - ii[T, L + sw] - ii[T + sh, L] + ii[T, L]
-        return s, tops, lefts
+        return ii[T + sh, L + sw] - ii[T, L + sw] - ii[T + sh, L] + ii[T, L], tops, lefts
     e, tops, lefts = window_sums(energy)
-    frac, _, _ = window_sums(sat)
-    frac = frac / (sh * sw)
+    frac = window_sums(sat)[0] / (sh * sw)
     ok = frac <= max_saturated
     score = torch.where(ok, e, -frac) if ok.any() else -frac
-    i = int(torch.argmax(score))
-    return int(tops[i // len(lefts)]), int(lefts[i % len(lefts)])
+    chosen = []
+    for _ in range(count):
+        i = int(torch.argmax(score))
+        if score.view(-1)[i] == -math.inf:
+            break
+        t, l = int(tops[i // len(lefts)]), int(lefts[i % len(lefts)])
+        chosen.append((t, l))
+        overlap = ((tops[:, None] - t).abs() < sh) & ((lefts[None, :] - l).abs() < sw)
+        score = score.masked_fill(overlap, -math.inf)
+    return chosen
+
+
+def informative_window(y: torch.Tensor, size: int, ksize: int = 0, **kwargs) -> tuple[int, int]:
+    """(top, left) of the most informative size×size window (``informative_windows``' first)."""
+    return informative_windows(y, size, ksize, 1, **kwargs)[0]
 
 
 def fft_size(n: int) -> int:
@@ -155,9 +170,10 @@ def _starts(n: int, tile: int, step: int) -> list[int]:
     return s + [n - tile]
 
 
-def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile: int = 512,
+def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | None, tile: int = 512,
               overlap: int = 32, context: int = 33, multiple: int = 1, progress: bool = True,
-              desc: str = "restoring tiles", edge_fn: Callable | None = None) -> torch.Tensor:
+              desc: str = "restoring tiles", edge_fn: Callable | None = None,
+              aux: torch.Tensor | None = None) -> torch.Tensor:
     """Apply ``fn`` ((1,C,h,w) periodic image -> same shape) to overlapping tiles of (C,H,W) ``y``.
 
     Each tile is taken with ``context`` pixels of surrounding photo (fewer at the photo's edges),
@@ -165,7 +181,9 @@ def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile:
     tile and blended. Tiles whose context reaches the photo's border go to ``edge_fn`` instead, when
     given, as they are (no padding): a method that models the unknown outside itself, like
     ``deconv_valid``; interior tiles have real context all around, so the padded ``fn`` is exact
-    enough there. Returns (C,H,W) float32.
+    enough there. ``fn=None``: every tile goes to ``edge_fn`` (a method exact at any boundary, such
+    as PnP with the 'valid' model); ``aux`` ((A,H,W), e.g. a mask of trusted pixels) is cut like y
+    and passed to ``edge_fn`` as its second argument. Returns (C,H,W) float32.
     """
     C, H, W = y.shape
     tile = max(int(tile), 2 * overlap + 1)
@@ -182,8 +200,8 @@ def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile:
             t0, l0 = max(t - context, 0), max(l - context, 0)
             t1, l1 = min(t + th + context, H), min(l + tw + context, W)
             piece = y[None, :, t0:t1, l0:l1].float()
-            if edge_fn is not None and (t0 == 0 or l0 == 0 or t1 == H or l1 == W):
-                restored = edge_fn(piece)[0]
+            if fn is None or (edge_fn is not None and (t0 == 0 or l0 == 0 or t1 == H or l1 == W)):
+                restored = (edge_fn(piece) if aux is None else edge_fn(piece, aux[None, :, t0:t1, l0:l1]))[0]
             else:
                 padded, box = pad_periodic(piece, context, multiple)
                 restored = crop(fn(padded), box)[0]
@@ -198,4 +216,4 @@ def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], tile:
     return out / wsum.clamp_min(1e-12)
 
 
-__all__ = ["informative_window", "wiener_deconv", "map_tiles"]
+__all__ = ["informative_window", "informative_windows", "map_tiles", "saturated"]

@@ -1,0 +1,68 @@
+"""benchmarks/realphoto_dev.py (issue 13's dev set and its scoring): design, blur, alignment, resumability."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import realphoto_dev as dev  # noqa: E402
+
+
+def test_pairs_cover_every_category_kernel_and_photo_number_once():
+    p = dev.pairs()
+    assert len(p) == 20 and len({q["name"] for q in p}) == 20 and [q["seed"] for q in p] == list(range(20))
+    assert len({(q["category"], q["source_kernel"]) for q in p}) == 20
+    assert len({(q["source_kernel"], q["source_photo"][-6:]) for q in p}) == 20
+    assert {q["source_photo"] for q in p if q["category"] == "text"} >= {"text_05.png"}  # the RGBA photo
+
+
+def test_fft_blur_is_diffem_blur_valid():
+    g = torch.Generator().manual_seed(0)
+    x, k = torch.rand(1, 3, 40, 37, generator=g, dtype=torch.float64), torch.rand(9, 9, generator=g, dtype=torch.float64)
+    ref = dev.blur_valid_fft(x[0].permute(1, 2, 0).numpy(), k.numpy())
+    from diffem.physics import blur_valid
+
+    assert np.abs(ref - blur_valid(x, k)[0].permute(1, 2, 0).numpy()).max() < 1e-12
+
+
+def test_shifted_psnr_finds_the_shift():
+    ref = np.random.default_rng(0).random((50, 60, 3))
+    p, arg = dev.shifted_psnr(np.roll(ref, (2, -3), axis=(0, 1)), ref, shift=4)
+    assert arg == [2, -3] and p == 100.0
+
+
+def test_make_aligns_blurry_and_truth_and_score_is_resumable(tmp_path):
+    sharp, kern = tmp_path / "sharp", tmp_path / "kernels"
+    sharp.mkdir(), kern.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((90, 100, 3)) * 255).astype(np.uint8)).save(sharp / "manmade_01.png")
+    delta = np.zeros((7, 7), np.float32)
+    delta[3, 3] = 1
+    np.save(kern / "kernel_01.npy", delta)
+    data, res = tmp_path / "dev", tmp_path / "res"
+    argv = ["make", "--out", str(data), "--sharp", str(sharp), "--kernels", str(kern), "--limit", "1", "--crop", "48"]
+    assert dev.main(argv) == 0
+    m = json.loads((data / "manifest.json").read_text())["pairs"][0]
+    y, x = dev.read_rgb(data / m["blurry"]), dev.read_rgb(data / m["sharp"])
+    assert y.shape == x.shape == (48, 48, 3) and m["kernel_size"] == 7
+    assert np.abs(y - x).max() < 6.5 / 255 and abs(np.std(y - x) * 255 - 1) < 0.25  # delta kernel: truth + σ 1/255
+    assert dev.main(argv) == 0  # resumable: nothing rewritten
+    assert dev.main(["score", "--data", str(data), "--out", str(res), "--method", "l0", "--shift", "2"]) == 0
+    assert dev.main(["score", "--data", str(data), "--out", str(res), "--method", "l0", "--shift", "2"]) == 0
+    rows = (res / "rows.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and json.loads(rows[0])["ok"]
+    assert (res / "summary.md").exists() and (res / "gains.png").exists()
+
+
+def test_shifted_psnr_matches_the_direct_search():
+    rng = np.random.default_rng(2)
+    ref, img = rng.random((40, 45, 3)), rng.random((40, 45, 3))
+    img[5:30, 5:35] = ref[3:28, 7:37] + 0.05 * rng.standard_normal((25, 30, 3))
+    s, b = 3, 3 + dev.BORDER
+    direct = max((10 * np.log10(1 / np.mean((img[b + i:40 - b + i, b + j:45 - b + j] - ref[b:40 - b, b:45 - b]) ** 2)), [i, j])
+                 for i in range(-s, s + 1) for j in range(-s, s + 1))
+    p, arg = dev.shifted_psnr(img, ref, s)
+    assert arg == direct[1] and abs(p - direct[0]) < 1e-3
