@@ -21,7 +21,7 @@ from diffem.blind.multiscale import estimate_kernel_multiscale
 from diffem.blind.safeguard import check_kernel
 from diffem.physics import Blur, delta_kernel
 from diffem.pnp import pnp_hqs
-from diffem.realphoto.boundary import pad_periodic
+from diffem.padding import pad_periodic
 
 
 def estimate_kernel(y: torch.Tensor, sigma: float, kernel_size: int, denoiser, boundary: str = "circular",

@@ -5,7 +5,7 @@
     result = deblur_photo(photo.pixels, sigma="auto")      # result.image (C,H,W), result.kernel
 """
 from diffem.physics import crop, wiener_deconv
-from diffem.realphoto.boundary import pad_periodic
+from diffem.padding import pad_periodic
 from diffem.realphoto.io import Photo, expand_inputs, read_photo, write_photo
 from diffem.realphoto.noise import estimate_sigma
 from diffem.realphoto.pipeline import PhotoResult, deblur_photo

@@ -34,7 +34,7 @@ from diffem.measurement import as_image, check_boundary, check_choice, check_ker
 from diffem.physics import Blur, crop, delta_kernel, wiener_deconv
 from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
-from diffem.realphoto.boundary import pad_periodic
+from diffem.padding import pad_periodic
 from diffem.realphoto.noise import estimate_sigma
 from diffem.realphoto.tiling import deconv_valid, informative_windows, map_tiles, saturated
 

@@ -5,7 +5,7 @@ tile with blended seams.
   regions (clipped highlights break the linear blur model and mislead kernel estimation).
 * ``map_tiles``: apply a restoration ``fn`` (tile -> tile, circular model) to overlapping tiles.
   Each tile is read with ``context`` extra pixels of the real photo around it (so its borders are
-  real, 'valid'-blurred data), given a smooth periodic extension (boundary.pad_periodic), restored,
+  real, 'valid'-blurred data), given a smooth periodic extension (diffem.padding.pad_periodic), restored,
   and its core blended into the output with raised-cosine weights over the ``overlap``.
   Memory is O(tile²) for the work plus the output accumulators (two H×W×C float32 arrays).
 * ``wiener_deconv`` (``diffem.physics``): Wiener/Tikhonov deconvolution with a gradient penalty
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffem.physics import crop, gradient_otf2, kernel_to_otf, wiener_deconv
-from diffem.realphoto.boundary import _pad_axis, pad_periodic
+from diffem.padding import _pad_axis, pad_periodic
 
 
 def _gray(y: torch.Tensor) -> torch.Tensor:

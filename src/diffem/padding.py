@@ -1,4 +1,4 @@
-"""Boundaries: turn a photo (blurred with a *non*-circular convolution) into an image that a
+"""Smooth periodic padding: turn a photo (blurred with a *non*-circular convolution) into an image that a
 circular-convolution method can process without wrap-around ringing, then crop back.
 
 ``pad_periodic`` extends the image by a strip whose content goes smoothly from the mirror image
