@@ -31,7 +31,9 @@ MSTEP_OPTIONS = tuple(f.name for f in fields(KernelMStep) if f.name != "hqs") + 
 
 @dataclass
 class Result:
-    """``image`` is the first posterior sample (the paper's convention), ``mean`` the mean of the n samples."""
+    """``image``: the result (multiscale-pnp and pnp: the PnP restoration; the paper's samplers: the PnP
+    restoration with their kernel, or with ``output="sample"`` the first posterior sample, the paper's
+    convention); ``samples``: all images drawn (n, C, H, W); ``mean``: their mean ("PSNR SA")."""
 
     image: torch.Tensor                 # (C, H, W) on [0, 1]
     kernel: torch.Tensor                # (k, k), ≥ 0, sum 1
@@ -116,14 +118,17 @@ def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_siz
            steps: int | str | None = None, seed: int = 0, device="auto", progress: bool = True,
            kernel_init: torch.Tensor | None = None, kernel_prior: str = "auto", lam: float | None = None,
            n_em: int = 10, record_kernels: bool = False, preset: str | None = None, boundary: str = "circular",
-           denoiser="ffdnet", **options) -> Result:
+           denoiser="ffdnet", output: str = "restored", **options) -> Result:
     """Blind deblurring: estimate the sharp image and the blur kernel from y = k ⊛ x + n.
 
     y: (C,H,W) or (1,C,H,W) tensor, (H,W,C) numpy array, or grayscale (H,W), float on [0,1]
     (unclipped noise is fine). sigma: noise std on [0,1] (a number or '5/255').
     method: multiscale-pnp (default: ``diffem.blind``; deterministic, any size, uses ``denoiser`` and
     not the prior; options ``fallback`` (True), ``kernel_settings``, ``pnp_settings``) |
-    fast-em-pigdm | fast-em-dps | em-pigdm | em-dps (the paper's, with ``prior``).
+    fast-em-pigdm | fast-em-dps | em-pigdm | em-dps (the paper's, with ``prior``). For these,
+    ``output="restored"`` (default) makes ``Result.image`` the PnP-HQS restoration (``denoiser``) with
+    the estimated kernel, the best measured image stage; ``output="sample"`` keeps the paper's
+    convention, the first posterior sample. ``Result.samples`` holds the samples either way.
     boundary: 'circular' (synthetic protocol, H and W multiples of ``prior.multiple``) or 'valid'
     (a real photo: no wrap-around, any size; the scene beyond y's border is sampled, not observed).
     steps: diffusion steps (default 100 for ΠGDM, 1000 for DPS, as the authors). kernel_size: ≥ 3.
@@ -133,6 +138,7 @@ def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_siz
     ``beta``, ``n_iter``, ``every``, ``kernel_denoiser``) or the DPS guidance (``dps_scale``).
     """
     method = check_choice(method, BLIND_METHODS, "method")
+    output = check_choice(output, ("restored", "sample"), "output")
     if method == "multiscale-pnp":
         return _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device, progress, options)
     n_em = check_positive_int(n_em, "n_em")
@@ -160,9 +166,20 @@ def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_siz
         samples, k = diffusion_em(s.prior, s.y, physics, schedule, mstep=mstep, n_em=n_em, **common)
     run_s = time.perf_counter() - t1
     settings = mstep.settings
-    return _result(s, physics, samples, k, run_s, len(schedule) * (n_em if method.startswith("em") else 1),
-                   {"method": method, "steps": len(schedule), "kernel_prior": settings["regulariser"],
-                    "lam": settings["lam"], "prior": s.prior.name}, kernels)
+    result = _result(s, physics, samples, k, run_s, len(schedule) * (n_em if method.startswith("em") else 1),
+                     {"method": method, "steps": len(schedule), "kernel_prior": settings["regulariser"],
+                      "lam": settings["lam"], "prior": s.prior.name, "output": output}, kernels)
+    if output == "restored":   # the image from the estimated kernel with the best measured restorer
+        from diffem.denoisers import load_denoiser
+        from diffem.pnp import pnp_hqs
+
+        t2 = time.perf_counter()
+        y_obs, _ = as_measurement(y, None, s.device)
+        pnp_physics = Blur.for_measurement(y_obs, k, s.sigma, boundary)
+        den = load_denoiser(denoiser, device=s.device, prior=s.prior)
+        result.image = pnp_physics.crop(pnp_hqs(y_obs, pnp_physics, den))[0].clamp(0, 1)
+        result.timings["restore_s"] = time.perf_counter() - t2
+    return result
 
 
 def restore(y, kernel, sigma, prior="default", method: str = "pnp", n_particles: int = 1,
