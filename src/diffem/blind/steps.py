@@ -17,7 +17,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from diffem.physics import crop_kernel, delta_kernel, kernel_to_otf, recenter
@@ -66,15 +65,17 @@ def kernel_nnls(x: torch.Tensor, v: torch.Tensor, ksize: int, gamma: float, iter
     """argmin_{k ≥ 0} Σ_d ‖∂_d x ⊛ k − ∂_d v‖² + γ‖k‖² over a ksize×ksize kernel (FISTA, step 1/L).
 
     The quadratic form only needs the gradients' autocorrelation R on the (2k−1)² window around 0
-    and their cross-correlation b on the support, so each iteration is one small convolution."""
+    and their cross-correlation b on the support; R ⊛ k on the support is one FFT product on a
+    (3k−2)² grid (the linear convolution's extent, so nothing wraps onto the support)."""
     shape = x.shape[-2:]
     num = den = 0
     for d in (dx, dy):
         X, V = torch.fft.rfft2(d(x)), torch.fft.rfft2(d(v))
         num, den = num + X.conj() * V, den + X.abs() ** 2
-    R = crop_kernel(torch.fft.irfft2(den, s=shape), 2 * ksize - 1)[None, None]
+    grid = (3 * ksize - 2,) * 2
+    R = kernel_to_otf(crop_kernel(torch.fft.irfft2(den, s=shape), 2 * ksize - 1), grid)
     b = crop_kernel(torch.fft.irfft2(num, s=shape), ksize)
-    normal = lambda k: F.conv2d(R, torch.flip(k, (-2, -1))[None, None])[0, 0] + gamma * k  # noqa: E731  (R ⊛ k + γk)
+    normal = lambda k: crop_kernel(torch.fft.irfft2(R * kernel_to_otf(k, grid), s=grid), ksize) + gamma * k  # noqa: E731
     step = 1.0 / (float(den.max()) + gamma)
     k = b.clamp_min(0) if k_init is None else k_init.to(b.dtype).clone()
     z, t = k.clone(), 1.0

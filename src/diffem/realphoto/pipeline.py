@@ -2,8 +2,9 @@
 
 1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the restoration uses
    max(σ, ``sigma_floor``): 8-bit quantisation, JPEG and model error act as extra noise.
-2. Trusted pixels: clipped (saturated) pixels and everything within ⌊k/2⌋ of them leave the
-   likelihood (``Blur(trusted=…)``): their value is not k ⊛ x.
+2. Trusted pixels: clipped (saturated) pixels and their direct neighbours leave the likelihood
+   (``Blur(trusted=…)``): their value is not k ⊛ x. (Their blurred surroundings are measurements of
+   a scene that may exceed 1 where it was clipped: they stay, the latent image is not bounded.)
 3. Kernel: on the whole photo when it fits in ``window``·``full_factor``, else on up to ``windows``
    non-overlapping informative windows (``tiling.informative_windows``), each kernel then scored by
    how well it explains the *other* windows (PnP restoration's residual relative to the no-blur
@@ -28,10 +29,10 @@ import torch
 import diffem
 from diffem.blind import estimate_kernel
 from diffem.blind.multiscale import fitted_size, _place
-from diffem.blind.safeguard import RELATIVE_LIMIT, residual_ratio
+from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel
 from diffem.denoisers import load_denoiser
 from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
-from diffem.physics import Blur, crop, delta_kernel, wiener_deconv
+from diffem.physics import Blur, crop, wiener_deconv
 from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
 from diffem.padding import pad_periodic
@@ -64,15 +65,21 @@ def _kernel_size(kernel_size, shape) -> tuple[int, bool]:
     return check_kernel_size(kernel_size, shape), False
 
 
-def _score_on(kernel, regions, sigma, den, iters=4) -> float:
-    """Mean over the regions of r(k)/r(δ): how much worse than 'no blur' the kernel explains them."""
+def _centre(region, size: int):
+    y, trusted = region
+    h, w = y.shape[-2:]
+    t, l = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    return y[..., t:t + size, l:l + size], trusted[t:t + size, l:l + size]
+
+
+def _score_on(kernel, regions, sigma, den, size: int = 256) -> float:
+    """Mean over the regions (their central size×size) of the safeguard's r(k̂)/r(δ): how much worse
+    than 'no blur' the kernel explains them."""
     ratios = []
-    for y, trusted in regions:
+    for y, trusted in (_centre(r, size) for r in regions):
         physics = Blur.for_measurement(y, kernel, sigma, "valid", trusted=trusted)
-        plain = physics.with_kernel(delta_kernel(kernel.shape[-1]))
-        r = residual_ratio(y, pnp_hqs(y, physics, den, iters=iters), physics)
-        r0 = residual_ratio(y, pnp_hqs(y, plain, den, iters=iters), plain)
-        ratios.append(r / max(r0, 1e-12))
+        verdict = check_kernel(y, pnp_hqs(y, physics, den), physics, den)
+        ratios.append(verdict["residual_ratio"] / max(verdict["residual_ratio_no_blur"], 1e-12))
     return float(sum(ratios) / len(ratios))
 
 
@@ -125,8 +132,10 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     p = None if multiscale else load_prior(prior, preset=preset, device=dev)
     timings["load_s"] = time.perf_counter() - t
 
-    # 2. trusted pixels (not clipped, not reached by a clipped pixel's blur)
-    trusted = ~saturated(y, ksize, saturation)
+    # 2. trusted pixels: not clipped (all of them if nearly everything is: nothing else to fit)
+    trusted = ~saturated(y, 3, saturation)
+    if float(trusted.double().mean()) < 0.25:
+        trusted = torch.ones_like(trusted)
     info["saturated_fraction"] = float(1 - trusted.double().mean())
 
     # 3. the kernel
