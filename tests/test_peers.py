@@ -38,13 +38,6 @@ def assert_valid_kernel(k, size):
 
 
 # --- l0: building blocks ----------------------------------------------------------------------
-def test_gradient_adjoint():
-    g = torch.Generator().manual_seed(0)
-    u, gx, gy = (torch.randn(17, 23, generator=g, dtype=torch.float64) for _ in range(3))
-    lhs = (l0._dx(u) * gx).sum() + (l0._dy(u) * gy).sum()
-    assert torch.allclose(lhs, (u * l0._grad_t(gx, gy)).sum())
-
-
 def test_kernel_step_exact_without_noise():
     x = rectangles(64)[0]
     k = line_kernel(9, 5)

@@ -36,7 +36,8 @@ def gradient_adjoint(gx: torch.Tensor, gy: torch.Tensor) -> torch.Tensor:
     return (torch.roll(gx, 1, dims=-1) - gx) + (torch.roll(gy, 1, dims=-2) - gy)
 
 
-def _gradient_otfs(shape, dtype):
+def gradient_otfs(shape, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rfft2 symbols of ``dx`` and ``dy`` on an H×W grid."""
     impulse = torch.zeros(shape, dtype=dtype)
     impulse[0, 0] = 1.0
     return torch.fft.rfft2(dx(impulse)), torch.fft.rfft2(dy(impulse))
@@ -48,7 +49,7 @@ def l0_latent(v: torch.Tensor, kernel: torch.Tensor, lam: float, beta_max: float
     g = hard-threshold(∇x, λ/β), then (KᵀK + β∇ᵀ∇) x = Kᵀv + β∇ᵀg in Fourier, β ← 2β."""
     shape = v.shape[-2:]
     K = kernel_to_otf(kernel.to(v.dtype), shape)
-    Dx, Dy = _gradient_otfs(shape, v.dtype)
+    Dx, Dy = gradient_otfs(shape, v.dtype)
     KtV, K2, D2 = K.conj() * torch.fft.rfft2(v), K.abs() ** 2, Dx.abs() ** 2 + Dy.abs() ** 2
     x, beta = v.clone(), 2 * lam
     while beta < beta_max:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from diffem.blind.steps import dx, dy, gradient_adjoint, gradient_otfs, l0_latent
 from diffem.measurement import as_image, check_boundary, check_kernel_size, parse_sigma
 from diffem.physics import crop_kernel, kernel_to_otf
 
@@ -33,19 +34,6 @@ DEFAULTS = dict(lam=4e-3, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iteration
 
 
 # --- small helpers ----------------------------------------------------------------------------
-def _dx(u):
-    return torch.roll(u, -1, dims=-1) - u
-
-
-def _dy(u):
-    return torch.roll(u, -1, dims=-2) - u
-
-
-def _grad_t(gx, gy):
-    """Adjoint of the gradient, ∇ᵀg = ∂xᵀ gx + ∂yᵀ gy = −div g (backward differences)."""
-    return (torch.roll(gx, 1, dims=-1) - gx) + (torch.roll(gy, 1, dims=-2) - gy)
-
-
 def edgetaper(img: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """MATLAB-style edge tapering: blend the image with its circular blur near the borders so the
     periodic extension has no jump. Weights come from the autocorrelation of the kernel's projections."""
@@ -115,7 +103,7 @@ def kernel_step(u: torch.Tensor, v: torch.Tensor, ksize: int, gamma: float) -> t
     as in the C++ code, so γ is relative to image-size-dependent energies)."""
     num = 0
     den = 0
-    for d in (_dx, _dy):
+    for d in (dx, dy):
         U = torch.fft.rfft2(d(u))
         V = torch.fft.rfft2(d(v))
         num = num + U.conj() * V
@@ -124,59 +112,29 @@ def kernel_step(u: torch.Tensor, v: torch.Tensor, ksize: int, gamma: float) -> t
     return crop_kernel(k_full, ksize)
 
 
-def l0_image_step(v: torch.Tensor, k: torch.Tensor, lam: float, beta_max: float = 1e5,
-                  beta_rate: float = 2.0) -> torch.Tensor:
-    """IPOL Alg. 2: min_u ‖k⊛u − v‖² + λ‖∇u‖₀ by half-quadratic splitting, u initialised to v."""
-    shape = v.shape[-2:]
-    K = kernel_to_otf(k.to(v.dtype), shape)
-    Dx = torch.fft.rfft2(_dx(_delta(shape, v.dtype)))
-    Dy = torch.fft.rfft2(_dy(_delta(shape, v.dtype)))
-    KtV = K.conj() * torch.fft.rfft2(v)
-    KtK = K.abs() ** 2
-    DtD = Dx.abs() ** 2 + Dy.abs() ** 2
-    u = v.clone()
-    beta = 2 * lam
-    while beta < beta_max:
-        gx, gy = _dx(u), _dy(u)
-        keep = (gx ** 2 + gy ** 2) >= lam / beta   # joint hard threshold of the gradient (ℓ0 prox)
-        gx, gy = gx * keep, gy * keep
-        # (KᵀK + β ∇ᵀ∇) u = Kᵀv + β ∇ᵀg
-        rhs = KtV + beta * torch.fft.rfft2(_grad_t(gx, gy))
-        u = torch.fft.irfft2(rhs / (KtK + beta * DtD), s=shape)
-        beta *= beta_rate
-    return u
-
-
-def _delta(shape, dtype):
-    d = torch.zeros(shape, dtype=dtype)
-    d[0, 0] = 1.0
-    return d
-
-
 def tv_deconv(f: torch.Tensor, k: torch.Tensor, lam: float = 3000.0, gamma: float = 30.0,
               iterations: int = 7, tol: float = 1e-6) -> torch.Tensor:
     """Non-blind TV-L2 deconvolution, min_u ‖∇u‖₁(isotropic) + λ/2 ‖k⊛u − f‖², split Bregman with
     penalty γ (Goldstein & Osher; the solver of Getreuer's tvreg). f: (..., H, W), circular boundaries."""
     shape = f.shape[-2:]
     K = kernel_to_otf(k.to(f.dtype), shape)
-    Dx = torch.fft.rfft2(_dx(_delta(shape, f.dtype)))
-    Dy = torch.fft.rfft2(_dy(_delta(shape, f.dtype)))
+    Dx, Dy = gradient_otfs(shape, f.dtype)
     denom = lam * K.abs() ** 2 + gamma * (Dx.abs() ** 2 + Dy.abs() ** 2)
     KtF = lam * K.conj() * torch.fft.rfft2(f)
     u = f.clone()
-    dx = torch.zeros_like(f)
-    dy = torch.zeros_like(f)
+    ux = torch.zeros_like(f)   # the split variable d ≈ ∇u
+    uy = torch.zeros_like(f)
     bx = torch.zeros_like(f)
     by = torch.zeros_like(f)
     for _ in range(iterations):
         # (λKᵀK + γ∇ᵀ∇) u = λKᵀf + γ∇ᵀ(d − b)
-        rhs = KtF + gamma * torch.fft.rfft2(_grad_t(dx - bx, dy - by))
+        rhs = KtF + gamma * torch.fft.rfft2(gradient_adjoint(ux - bx, uy - by))
         u_new = torch.fft.irfft2(rhs / denom, s=shape)
-        gx, gy = _dx(u_new) + bx, _dy(u_new) + by
+        gx, gy = dx(u_new) + bx, dy(u_new) + by
         mag = torch.sqrt(gx ** 2 + gy ** 2)
         shrink = (mag - 1.0 / gamma).clamp_min(0) / mag.clamp_min(1e-12)   # isotropic soft threshold
-        dx, dy = gx * shrink, gy * shrink
-        bx, by = gx - dx, gy - dy
+        ux, uy = gx * shrink, gy * shrink
+        bx, by = gx - ux, gy - uy
         change = (u_new - u).norm() / u_new.norm().clamp_min(1e-12)
         u = u_new
         if change < tol:
@@ -213,7 +171,7 @@ def estimate_kernel_l0(v: torch.Tensor, kernel_size: int, *, lam, lam_ratio, lam
         u = v_l.clone() if u is None else _resize(u, (h, w), "bicubic")
         for _ in range(iterations):
             k = clean_kernel(kernel_step(u, v_l, ks, gamma), kernel_threshold, remove_isolated)
-            u = l0_image_step(v_l, k, lam)
+            u = l0_latent(v_l, k, lam)   # IPOL Alg. 2 (Xu et al. 2013)
             lam = max(lam * lam_ratio, lam_min)
             bar.update(1)
     bar.close()
