@@ -124,7 +124,8 @@ def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_siz
     y: (C,H,W) or (1,C,H,W) tensor, (H,W,C) numpy array, or grayscale (H,W), float on [0,1]
     (unclipped noise is fine). sigma: noise std on [0,1] (a number or '5/255').
     method: multiscale-pnp (default: ``diffem.blind``; deterministic, any size, uses ``denoiser`` and
-    not the prior; options ``fallback`` (True), ``kernel_settings``, ``pnp_settings``) |
+    not the prior; options ``fallback`` (True), ``kernel_settings`` (or its keys one by one: ``lam``,
+    ``threshold``, …, see ``diffem.blind.multiscale.DEFAULTS``), ``pnp_settings``) |
     fast-em-pigdm | fast-em-dps | em-pigdm | em-dps (the paper's, with ``prior``). For these,
     ``output="restored"`` (default) makes ``Result.image`` the PnP-HQS restoration (``denoiser``) with
     the estimated kernel, the best measured image stage; ``output="sample"`` keeps the paper's
@@ -140,6 +141,8 @@ def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_siz
     method = check_choice(method, BLIND_METHODS, "method")
     output = check_choice(output, ("restored", "sample"), "output")
     if method == "multiscale-pnp":
+        if lam is not None:   # λ of the ℓ0 latent image (the M-step's λ for the paper's samplers)
+            options["lam"] = lam
         return _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device, progress, options)
     n_em = check_positive_int(n_em, "n_em")
     boundary = check_boundary(boundary)
@@ -241,8 +244,13 @@ MULTISCALE_OPTIONS = ("fallback", "kernel_settings", "pnp_settings")
 
 def _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device, progress, options) -> Result:
     from diffem.blind import deblur_multiscale
+    from diffem.blind.multiscale import DEFAULTS
     from diffem.denoisers import load_denoiser
 
+    # the kernel stage's settings may also come one by one (e.g. from a `diffem bench` method spec)
+    flat = {k: options.pop(k) for k in list(options) if k in DEFAULTS}
+    if flat:
+        options["kernel_settings"] = {**options.get("kernel_settings", {}), **flat}
     unknown = set(options) - set(MULTISCALE_OPTIONS)
     if unknown:
         raise ValueError(f"unknown option(s) for method='multiscale-pnp': {', '.join(sorted(unknown))} "

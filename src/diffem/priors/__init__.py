@@ -1,7 +1,8 @@
 """Image priors: ``load_prior(name_or_path)`` returns a ``Prior``.
 
 Names: ``"gaussian"`` (exact analytic prior, for tests), ``"default"`` (the small natural-image
-UNet shipped with diffem). A path loads a guided-diffusion ADM checkpoint (.pt / .safetensors);
+UNet shipped with diffem), ``"hybrid"`` (the default UNet with FFDNet's x̂0 at the noise levels FFDNet
+was trained for, ``priors/hybrid.py``). A path loads a guided-diffusion ADM checkpoint (.pt / .safetensors);
 ``"diffusers:FOLDER"``, or a folder with ``unet/config.json`` or a ``UNet2DModel`` ``config.json``,
 loads a local Hugging Face diffusers ε-prediction checkpoint (optional extra ``diffem[diffusers]``).
 """
@@ -11,7 +12,7 @@ import os
 
 from diffem.priors.base import Prior
 
-PRIOR_NAMES = ("default", "gaussian")
+PRIOR_NAMES = ("default", "gaussian", "hybrid")
 
 
 def load_prior(name_or_path, preset: str | None = None, device="cpu", **overrides) -> Prior:
@@ -32,6 +33,10 @@ def _load(name_or_path, preset, device, **overrides) -> Prior:
     if name == "default":
         from diffem.priors.default import load_default_prior
         return load_default_prior(device=device, **overrides)
+    if name == "hybrid":
+        from diffem.priors.default import load_default_prior
+        from diffem.priors.hybrid import hybrid_prior
+        return hybrid_prior(load_default_prior(device=device, **overrides))
     if name.startswith("diffusers:") or os.path.isdir(name):
         from diffem.priors.hf_diffusers import PREFIX, is_diffusers_folder, load_diffusers_prior
         if name.startswith(PREFIX) or is_diffusers_folder(name):
