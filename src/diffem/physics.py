@@ -36,7 +36,7 @@ Interface (x on the canvas, y and r on the observed grid)::
     .pigdm_vector(x, y, r2)   Hᵀ(r²HHᵀ + σ²I)⁻¹(y − Hx) in closed form in Fourier (ΠGDM, Eq. 17)
     .prox(v, y, rho)      argmin_x ‖y − A x‖² + ρ‖x − v‖² (the data step of HQS): closed form in
                           Fourier (circular) or conjugate gradients preconditioned by it (valid: exact)
-    .with_kernel(k)       a new physics with another kernel, same boundary and canvas
+    .with_kernel(k)       a new physics with another kernel, same boundary and canvas (``.with_sigma(s)``: σ)
     physics(x, generator) a noisy measurement A(x) + σ n
 """
 from __future__ import annotations
@@ -130,6 +130,11 @@ class Blur:
         if trusted is not None and tuple(trusted.shape[-2:]) != (h, w):
             raise ValueError(f"trusted: expected a mask of y's size {h}x{w}, got {tuple(trusted.shape[-2:])}")
         return cls(kernel, sigma, boundary, observed_shape=(h, w), multiple=multiple, trusted=trusted)
+
+    def with_sigma(self, sigma: float) -> "Blur":
+        new = copy.copy(self)
+        new.sigma = float(sigma)
+        return new
 
     def with_kernel(self, kernel: torch.Tensor) -> "Blur":
         if self.box is not None and kernel.shape[-1] // 2 > min(self.box[0], self.box[1]):

@@ -27,17 +27,19 @@ from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.physics import blur, delta_kernel, recenter
 
 DEFAULTS = dict(lam=3.2e-2, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iters=5, scale=math.sqrt(0.5),
-                min_size=5, threshold=0.05, min_mass=0.1, nnls_iters=200, support_margin=None)
+                min_size=5, min_image=0, threshold=0.05, min_mass=0.1, nnls_iters=200, support_margin=None)
 
 
-def pyramid(shape: tuple[int, int], ksize: int, scale: float, min_size: int) -> list[tuple[int, int, int]]:
-    """[(h, w, kernel size)] from the finest level to the coarsest; kernel sizes odd."""
+def pyramid(shape: tuple[int, int], ksize: int, scale: float, min_size: int,
+            min_image: int = 0) -> list[tuple[int, int, int]]:
+    """[(h, w, kernel size)] from the finest level to the coarsest (kernel ≥ ``min_size`` px, image
+    side ≥ ``min_image`` px and ≥ twice the kernel); kernel sizes odd."""
     levels, s = [], 0
     while True:
         ks = int(round(ksize * scale ** s))
         ks += (ks + 1) % 2
         h, w = (max(int(round(n * scale ** s)), 1) for n in shape)
-        if levels and (ks < min_size or min(h, w) < 2 * ks):
+        if levels and (ks < min_size or min(h, w) < max(2 * ks, min_image)):
             break
         levels.append((h, w, ks))
         if ks <= min_size:
@@ -88,7 +90,7 @@ def estimate_kernel_multiscale(v: torch.Tensor, kernel_size: int, mask: torch.Te
     data = v if mask is None else v[mask]
     v = (v - data.min()) / (data.max() - data.min()).clamp_min(1e-12)   # the kernel ignores an affine change
     lam, k = p["lam"], None
-    levels = pyramid(tuple(v.shape[-2:]), kernel_size, p["scale"], p["min_size"])
+    levels = pyramid(tuple(v.shape[-2:]), kernel_size, p["scale"], p["min_size"], p["min_image"])
     for level, (h, w, ks) in enumerate(reversed(levels)):
         v_l = _resize_image(v, (h, w))
         # a coarse pixel is data only if all of its footprint is

@@ -41,9 +41,12 @@ def saturated(y: torch.Tensor, ksize: int = 0, level: float = 0.98) -> torch.Ten
 
 def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int = 1, stride: int = 8,
                         saturation: float = 0.98, max_saturated: float = 0.02) -> list[tuple[int, int]]:
-    """(top, left) of up to ``count`` non-overlapping size×size windows of (C,H,W) image ``y`` with the
-    most gradient energy, among windows with at most ``max_saturated`` of (dilated) saturated pixels
-    (if none qualifies, the ones with the fewest); the best first."""
+    """(top, left) of up to ``count`` non-overlapping size×size windows of (C,H,W) image ``y`` whose
+    edges are strongest *in every direction* — the smaller eigenvalue of the window's gradient
+    structure tensor [Σgx², Σgxgy; Σgxgy, Σgy²]: a blur is only identifiable along directions in which
+    the window has edges, so a façade of vertical lines alone is a poor window however much energy it
+    has (Hu & Yang, CVPR 2012) — among windows with at most ``max_saturated`` of (dilated) saturated
+    pixels (if none qualifies, the ones with the fewest); the best first."""
     g = _gray(y).double()
     H, W = g.shape
     if size >= H and size >= W:
@@ -54,7 +57,7 @@ def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int =
     gx[:, :-1] = g[:, 1:] - g[:, :-1]
     gy[:-1] = g[1:] - g[:-1]
     sat = saturated(y, ksize, saturation).double()
-    energy = (gx ** 2 + gy ** 2) * (1 - sat)
+    keep = 1 - sat
 
     def window_sums(a):   # on a grid of positions, via an integral image
         ii = F.pad(a.cumsum(0).cumsum(1), (1, 0, 1, 0))
@@ -66,7 +69,9 @@ def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int =
             lefts = torch.cat([lefts, torch.tensor([W - sw])])
         T, L = tops[:, None], lefts[None, :]
         return ii[T + sh, L + sw] - ii[T, L + sw] - ii[T + sh, L] + ii[T, L], tops, lefts
-    e, tops, lefts = window_sums(energy)
+    jxx, tops, lefts = window_sums(gx * gx * keep)
+    jyy, jxy = window_sums(gy * gy * keep)[0], window_sums(gx * gy * keep)[0]
+    e = (jxx + jyy) / 2 - (((jxx - jyy) / 2) ** 2 + jxy ** 2).sqrt()        # the smaller eigenvalue
     frac = window_sums(sat)[0] / (sh * sw)
     ok = frac <= max_saturated
     score = torch.where(ok, e, -frac) if ok.any() else -frac
