@@ -348,11 +348,13 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
     row["gain"] = row["psnr"] - row["psnr_blurry"]
     row["worse"] = float(row["gain"] < 0)       # the mean over rows is the share of items worse than their input
     samples = extra.get("samples")
-    if samples is not None and samples.dim() == 4 and samples.shape[0] > 1 and samples.shape[1:] == img.shape:
+    if samples is not None and samples.dim() == 4 and samples.shape[1:] == img.shape:
+        # the posterior samples' mean (one sample: that sample, which the image is not when a sampler's
+        # output is the PnP restoration with its kernel)
         row["psnr_sa"] = M.psnr_sample_average(samples.detach().cpu().double().clamp(0, 1), gt64).item()
         row["n_samples"] = int(samples.shape[0])
     else:
-        row["psnr_sa"] = row["psnr"]  # the mean of one sample is that sample
+        row["psnr_sa"] = row["psnr"]
         row["n_samples"] = 1
     if k_hat is not None:
         kh = k_hat.detach().cpu().double()

@@ -199,7 +199,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     mode = ("sample" if (whole and not multiscale) else "pnp") if restore == "auto" else restore
     if mode == "sample" and samples is None:
         raise ValueError("restore: 'sample' needs a diffusion method (the multiscale-pnp method draws no samples)")
-    context = 2 * kernel.shape[-1]
+    context = kernel.shape[-1]   # real photo around each tile: a restored pixel depends on y within a few radii
     if fallback and not trusted_kernel:
         mode = "denoised"
         image = map_tiles(y, None, tile=tile, overlap=32, context=16, progress=progress, desc="denoising tiles",
