@@ -387,7 +387,8 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
     if "timings" in extra:
         row["timings"] = extra["timings"]
     info = extra.get("info") or {}
-    for key in ("steps", "n_particles", "kernel_prior", "lam", "prior"):
+    for key in ("steps", "n_particles", "kernel_prior", "lam", "prior", "kernel_trusted", "residual_ratio",
+                "residual_ratio_no_blur"):
         if key in info:
             row[key] = info[key]
     for key, v in extra.items():
