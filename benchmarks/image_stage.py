@@ -1,0 +1,99 @@
+"""The image stage (issue 11): denoiser quality and PnP-HQS speed.
+
+    python benchmarks/image_stage.py denoise [--data DIR] [--limit 6]   # FFDNet vs the default prior's x̂0
+    python benchmarks/image_stage.py speed [--sizes 256,512,1024]        # PnP-HQS time and peak memory
+
+``denoise``: centre 256² crops of the first CBSD68 images, Gaussian noise σ ∈ {15, 25, 50}/255
+(seed 0), PSNR of each denoiser's output. ``speed``: ``diffem.restore(method="pnp")`` on random
+images with a 33×33 kernel, circular and valid, each size in a fresh subprocess (so that its peak
+RSS is its own), median of 3 runs after one warm-up; 2 torch threads unless ``--threads``.
+Prints markdown tables and one JSON line each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "test" / "CBSD68"
+
+
+def _psnr(a, b):
+    return -10 * math.log10(float(((a.clamp(0, 1) - b) ** 2).mean()))
+
+
+def denoise(args):
+    from diffem.benchmark.data import center_crop, list_images, load_rgb
+    from diffem.denoisers import load_denoiser
+
+    dens = {name: load_denoiser(name) for name in ("ffdnet", "prior")}
+    images = [center_crop(load_rgb(p), 256)[None] for p in list_images(str(args.data), args.limit)]
+    g = torch.Generator().manual_seed(0)
+    table = {}
+    for s255 in (15, 25, 50):
+        noisy = [x + s255 / 255 * torch.randn(x.shape, generator=g) for x in images]
+        with torch.no_grad():
+            for name, den in dens.items():
+                table[(name, s255)] = statistics.mean(_psnr(den(y, s255 / 255), x) for x, y in zip(images, noisy))
+    print(f"| denoiser | σ 15 | σ 25 | σ 50 |  ({len(images)} CBSD68 crops, 256²)\n|---|---|---|---|")
+    for name in dens:
+        print(f"| {name} | " + " | ".join(f"{table[(name, s)]:.2f}" for s in (15, 25, 50)) + " |")
+    print(json.dumps({"bench": "denoise", **{f"{n}_{s}": v for (n, s), v in table.items()}}))
+
+
+def _one_size(size: int, boundary: str, threads: int) -> dict:
+    import diffem
+    from diffem.kernels import load_kernel_set
+
+    torch.set_num_threads(threads)
+    k = load_kernel_set("usrnet", 33)[0]
+    y = torch.rand(3, size, size, generator=torch.Generator().manual_seed(0))
+    times = []
+    for _ in range(4):   # one warm-up, then three
+        t = time.perf_counter()
+        diffem.restore(y, k, 10 / 255, boundary=boundary, progress=False)
+        times.append(time.perf_counter() - t)
+    return {"size": size, "boundary": boundary, "median_s": statistics.median(times[1:]), "threads": threads,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def speed(args):
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        for boundary in ("circular", "valid"):
+            out = subprocess.run([sys.executable, __file__, "_one", str(size), boundary, str(args.threads)],
+                                 capture_output=True, text=True, check=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+    print(f"| size | boundary | median s ({args.threads} threads) | peak RSS (MB) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']}² | {r['boundary']} | {r['median_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    print(json.dumps({"bench": "pnp_speed", "rows": rows}))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "_one":
+        print(json.dumps(_one_size(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("which", choices=["denoise", "speed"])
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--limit", type=int, default=6)
+    ap.add_argument("--sizes", default="256,512,1024")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    if not Path(args.data).is_dir():
+        sys.exit(f"image_stage: --data {args.data!r} is not a folder")
+    {"denoise": denoise, "speed": speed}[args.which](args)
+
+
+if __name__ == "__main__":
+    main()
