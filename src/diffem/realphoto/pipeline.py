@@ -17,8 +17,9 @@
    on each (``restore="pnp"``, memory bounded by the tile), or ``"wiener"`` (fast Tikhonov), or
    ``"diffusion"`` (the non-blind diffusion sampler per tile). ``restore="sample"`` keeps the blind
    sampler's own posterior sample when the photo fits in the window.
-5. Safeguard: when the kernel does not explain the windows better than "no blur" within the
-   safeguard's limit, the photo is only denoised and ``info["kernel_trusted"]`` is False.
+5. Safeguard: when the kernel does not explain its own window and the held-out windows nearly as
+   well as "no blur" does (the safeguard's limit), the photo is only denoised and
+   ``info["kernel_trusted"]`` is False.
 """
 from __future__ import annotations
 
@@ -190,7 +191,9 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     t = time.perf_counter()
     own_score = (size_scores[pick] if multiscale and best == 0 else
                  _score_on(kernel.to(dev), [regions[best]], sigma_r, den))
-    trusted_kernel = own_score <= RELATIVE_LIMIT
+    # trusted only if it explains its own window and (when there are others) the windows it never saw
+    held_out = info["window_scores"][best] if "window_scores" in info else own_score
+    trusted_kernel = max(own_score, held_out) <= RELATIVE_LIMIT
     info.update(kernel_trusted=trusted_kernel, residual_ratio_relative=own_score, residual_limit=RELATIVE_LIMIT)
     timings["check_s"] = time.perf_counter() - t
 
