@@ -187,14 +187,15 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     timings["kernel_s"] = time.perf_counter() - t
     window_box = None if whole else boxes[best]
 
-    # 5 (first). the safeguard, on the kernel's own region
+    # 5. the safeguard, before the restoration: it decides which one
     t = time.perf_counter()
     own_score = (size_scores[pick] if multiscale and best == 0 else
                  _score_on(kernel.to(dev), [regions[best]], sigma_r, den))
     # trusted only if it explains its own window and (when there are others) the windows it never saw
     held_out = info["window_scores"][best] if "window_scores" in info else own_score
     trusted_kernel = max(own_score, held_out) <= RELATIVE_LIMIT
-    info.update(kernel_trusted=trusted_kernel, residual_ratio_relative=own_score, residual_limit=RELATIVE_LIMIT)
+    info.update(kernel_trusted=trusted_kernel, residual_ratio_relative=own_score,
+                residual_ratio_held_out=held_out, residual_limit=RELATIVE_LIMIT)
     timings["check_s"] = time.perf_counter() - t
 
     # 4. the full photo
