@@ -70,6 +70,24 @@ def test_default_method_reports_the_safeguard(tmp_path, capsys):
     assert Image.open(out / "a_deblurred.png").size == (40, 36)
 
 
+def test_an_untrusted_kernel_gives_a_denoised_photo_and_a_warning(tmp_path, capsys, monkeypatch):
+    """When the safeguard refuses the kernel (forced here with a limit of 0; its test is in
+    test_blind.py) the report and the console say so and the photo is only denoised."""
+    import diffem.realphoto.pipeline
+
+    monkeypatch.setattr(diffem.realphoto.pipeline, "RELATIVE_LIMIT", 0.0)
+    src = _img(tmp_path / "noise.png", shape=(64, 64, 3))
+    out = tmp_path / "out"
+    code = main(["deblur", str(src), "-o", str(out), "--quiet", "--device", "cpu", "--kernel-size", "9"])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    rep = json.loads((out / "noise_report.json").read_text())
+    assert rep["kernel_trusted"] is False and rep["output"] == "denoised"
+    assert "warning" in stdout and "only denoised" in stdout
+    img = np.asarray(Image.open(out / "noise_deblurred.png"), dtype=np.float64)
+    assert img.std() < np.asarray(Image.open(src), dtype=np.float64).std()    # denoised, not sharpened
+
+
 def test_grayscale_in_grayscale_out(tmp_path, capsys):
     src = _img(tmp_path / "g.png", shape=(33, 30), mode="L")
     code, err = _run(capsys, src, "-o", tmp_path, *FAST)
