@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from diffem.blind.multiscale import estimate_kernel_multiscale, fitted_size, pyramid
+from diffem.blind.multiscale import DEFAULTS, default_lam, estimate_kernel_multiscale, fitted_size, pyramid
 from diffem.blind.safeguard import check_kernel
 from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.denoisers import load_denoiser
@@ -55,6 +55,12 @@ def test_l0_latent_keeps_a_step_edge_sharp():
     v[:, 16:] = 1.0
     x = l0_latent(v, delta_kernel(3, dtype=torch.float64), lam=1e-2)
     assert torch.allclose(x, v, atol=1e-3)          # a clean step is its own ℓ0 optimum
+
+
+def test_the_l0_weight_is_the_tuned_one_from_5_255_and_proportional_below():
+    lam = DEFAULTS["lam"]
+    assert default_lam(5 / 255) == lam and default_lam(10 / 255) == lam and default_lam(0.3) == lam
+    assert math.isclose(default_lam(2.5 / 255), lam / 2) and default_lam(0.1 / 255) == 4e-3
 
 
 def test_pyramid_and_fitted_support():

@@ -11,6 +11,7 @@ from diffem.measurement import parse_sigma
 from diffem.physics import blur, blur_valid
 from diffem.realphoto import (crop, deblur_photo, deconv_valid, estimate_sigma, informative_window, map_tiles, pad_periodic,
                               read_photo, wiener_deconv, write_photo)
+from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
 from diffem.realphoto.noise import sigma_mad, sigma_pca
 
 DATA = Path(__file__).parent / "data"
@@ -225,10 +226,29 @@ def test_deblur_photo_windowed_paths_of_a_diffusion_method():
     assert not r.sigma_estimated and r.sigma == pytest.approx(3 / 255)
     assert 0 <= float(r.image.min()) and float(r.image.max()) <= 1
     r2 = deblur_photo(x[:, :40, :40], sigma="3/255", prior="gaussian", method="fast-em-pigdm", kernel_size=5,
-                      steps=2, device="cpu", progress=False, window=64)
-    assert r2.restore == "sample" and r2.samples.shape == (1, 3, 40, 40)   # auto: the sampler's own image
+                      steps=2, device="cpu", progress=False, window=64, fallback=False)
+    assert r2.restore == "pnp" and r2.samples.shape == (1, 3, 40, 40)   # auto: PnP with the sampler's kernel
     with pytest.raises(ValueError, match="kernel size"):
         deblur_photo(x[:, :20, :20], kernel_size=33, prior="gaussian")
+
+
+def test_srgb_curves_are_inverse_and_the_slope_is_their_derivative():
+    v = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    assert torch.allclose(linear_to_srgb(srgb_to_linear(v)), v, atol=1e-12)
+    assert float(srgb_to_linear(torch.tensor(0.5, dtype=torch.float64))) == pytest.approx(0.21404, abs=1e-5)  # IEC value
+    h = 1e-6
+    numeric = (srgb_to_linear(v[1:-1] + h) - srgb_to_linear(v[1:-1] - h)) / (2 * h)
+    assert torch.allclose(srgb_slope(v[1:-1]), numeric, rtol=1e-4, atol=1e-6)
+
+
+def test_linear_light_is_the_srgb_pipeline_run_on_linear_values():
+    """linear_light=True = decode, deblur at σ × the curve's median slope, re-encode."""
+    y = 0.1 + 0.8 * _photo()[0, :, :48, :48].float()   # no clipped pixels: the same trusted mask either way
+    opts = dict(kernel_size=5, device="cpu", progress=False, fallback=False)
+    res = deblur_photo(y, sigma=6 / 255, linear_light=True, **opts)   # σ × slope stays above the 1/255 floor
+    ref = deblur_photo(srgb_to_linear(y), sigma=6 / 255 * float(srgb_slope(y).median()), **opts)
+    assert res.info["linear_light"] and not ref.info["linear_light"]
+    assert torch.allclose(res.kernel, ref.kernel) and torch.allclose(res.image, linear_to_srgb(ref.image), atol=1e-6)
 
 
 def test_valid_model_deconvolution_matches_the_circular_case():

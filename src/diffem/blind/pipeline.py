@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from diffem.blind.multiscale import estimate_kernel_multiscale
+from diffem.blind.multiscale import default_lam, estimate_kernel_multiscale
 from diffem.blind.safeguard import check_kernel
 from diffem.physics import Blur, delta_kernel
 from diffem.pnp import pnp_hqs
@@ -38,6 +38,7 @@ def estimate_kernel(y: torch.Tensor, sigma: float, kernel_size: int, denoiser, b
         top, left, h, w = box
         observed[top:top + h, left:left + w] = True if mask is None else mask
         mask = observed
+    settings.setdefault("lam", default_lam(sigma))
     return estimate_kernel_multiscale(v, kernel_size, mask=mask, **settings)
 
 

@@ -79,7 +79,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
                        progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary,
-                       sigma_floor=args.sigma_floor)
+                       sigma_floor=args.sigma_floor, linear_light=args.linear_light)
     elapsed = time.perf_counter() - t0
     restored = res.image.permute(1, 2, 0).numpy()
     kernel = res.kernel.numpy().astype(np.float32)
@@ -110,6 +110,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                            "steps": res.info.get("steps", args.steps), "prior": str(args.prior),
                            "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
                            "window": args.window, "restore": res.restore, "boundary": args.boundary,
+                           "linear_light": args.linear_light,
                            "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
             "kernel_window": list(res.window) if res.window else None,
@@ -265,11 +266,13 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                    help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW regions "
                         "(default 512 for multiscale-pnp, 256 for the diffusion methods)")
     p.add_argument("--restore", default="auto",
-                   help="full-photo restoration: auto (= pnp; = sample for a diffusion method on a photo that fits "
-                        "its window) | pnp (PnP-HQS with FFDNet, tiles) | wiener (fast) | diffusion (tiles) | sample")
+                   help="full-photo restoration: auto (= pnp, the best measured) | pnp (PnP-HQS with FFDNet, tiles) | "
+                        "wiener (fast) | diffusion (tiles) | sample (a diffusion method's own posterior sample)")
     p.add_argument("--boundary", default="valid",
                    help="valid: the photo is a non-circular blur of a larger, unobserved scene (exact); "
                         "circular: smooth periodic extension + the circular model (the paper's synthetic setting)")
+    p.add_argument("--linear-light", action="store_true",
+                   help="deblur in linear light: undo the sRGB curve, restore, re-apply it (camera shake blurs light)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
     p.add_argument("--save-samples", action="store_true", help="also write every posterior sample")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

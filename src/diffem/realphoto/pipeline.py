@@ -37,6 +37,7 @@ from diffem.physics import Blur, crop, wiener_deconv
 from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
 from diffem.padding import pad_periodic
+from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
 from diffem.realphoto.noise import estimate_sigma
 from diffem.realphoto.tiling import deconv_valid, informative_windows, map_tiles, saturated
 
@@ -90,15 +91,16 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                  window: int | None = None, windows: int = 3, full_factor: float = 1.25, restore: str = "auto",
                  tile: int = 512, noise_method: str = "pca", sigma_floor: float = SIGMA_FLOOR,
                  preset: str | None = None, boundary: str = "valid", denoiser="ffdnet", fallback: bool = True,
-                 saturation: float = 0.98, **options) -> PhotoResult:
+                 saturation: float = 0.98, linear_light: bool = False, **options) -> PhotoResult:
     """Blind deblurring of a real photo (see the module docstring for the steps).
 
     y: (C,H,W) tensor or (H,W[,C]) numpy array on [0, 1], C = 1 or 3. sigma: 'auto', a float or '5/255'.
     kernel_size: 'auto' (up to 75 px) or an integer. window: the kernel-estimation window (default 512
     for multiscale-pnp, 256 for the diffusion samplers); windows: how many are tried on large photos.
-    restore: auto (= pnp; = sample for a diffusion method on a photo that fits its window) | pnp |
+    restore: auto (= pnp, the best measured restorer) | pnp |
     wiener | diffusion | sample. boundary: 'valid' (the photo is the non-circular blur of a larger
     scene; exact) or 'circular' (periodic extension, the paper's synthetic setting; diffusion methods).
+    linear_light: deblur in linear light (undo the sRGB curve first, re-apply it to the result).
     Other arguments go to ``diffem.deblur``.
     """
     t_start = time.perf_counter()
@@ -139,6 +141,11 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     if float(trusted.double().mean()) < 0.25:
         trusted = torch.ones_like(trusted)
     info["saturated_fraction"] = float(1 - trusted.double().mean())
+    sigma_k = float(sigma)   # the kernel stage's noise level (no floor: it pre-denoises at σ)
+    if linear_light:   # the blur acts on light; noise on the encoded values scales by the curve's slope
+        slope = float(srgb_slope(y).median())
+        sigma_k, sigma_r = sigma_k * slope, sigma_r * slope
+        y = srgb_to_linear(y)
 
     # 3. the kernel
     whole = max(H, W) <= window * full_factor
@@ -150,7 +157,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     samples, res = None, None
     if multiscale:
         settings = dict(options.pop("kernel_settings", {}))
-        estimate = lambda region, size: estimate_kernel(region[0], sigma, size, den, boundary, region[1], **settings)  # noqa: E731
+        estimate = lambda region, size: estimate_kernel(region[0], sigma_k, size, den, boundary, region[1], **settings)  # noqa: E731
         # kernel_size="auto": the candidate supports on the best window, the one whose kernel explains
         # that window best (the safeguard's r/r₀) kept — the kernel stage is reliable only when its
         # support is close to the blur's size (a 65 px support for ≤ 33 px blurs: ER 35 on the tuning split)
@@ -200,7 +207,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
 
     # 4. the full photo
     t = time.perf_counter()
-    mode = ("sample" if (whole and not multiscale) else "pnp") if restore == "auto" else restore
+    mode = "pnp" if restore == "auto" else restore   # PnP beats the sampler's own image (docs/benchmarks/image-stage.md)
     if mode == "sample" and samples is None:
         raise ValueError("restore: 'sample' needs a diffusion method (the multiscale-pnp method draws no samples)")
     context = kernel.shape[-1]   # real photo around each tile: a restored pixel depends on y within a few radii
@@ -233,6 +240,9 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                           multiple=max(MULTIPLE, p.multiple), progress=progress, desc="diffusion tiles")
     timings["restore_s"] = time.perf_counter() - t
     image = image.clamp(0, 1)
+    if linear_light:
+        image = linear_to_srgb(image)
+        samples = None if samples is None else linear_to_srgb(samples)
     if C == 1 and image.shape[0] != 1:
         image = image.mean(0, keepdim=True)
     timings["total_s"] = time.perf_counter() - t_start
@@ -240,7 +250,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         timings.update({f"blind_{k}": v for k, v in res.timings.items()})
         info.update({k: v for k, v in res.info.items() if k not in info})
     info.update(method=method, sigma_restore=sigma_r, noise_method=noise_method if estimated else None,
-                kernel_size=int(kernel.shape[-1]), windows_tried=len(boxes))
+                kernel_size=int(kernel.shape[-1]), windows_tried=len(boxes), linear_light=linear_light)
     return PhotoResult(image=image, kernel=kernel, sigma=float(sigma), sigma_estimated=estimated, window=window_box,
                        restore=mode, samples=samples, timings=timings, info=info)
 
