@@ -125,6 +125,7 @@ def test_safeguard_flags_a_wrong_kernel_and_trusts_the_right_one():
         physics = Blur(kernel, sigma)
         verdicts[name] = check_kernel(y, pnp_hqs(y, physics, den), physics, den)
     assert verdicts["true"]["kernel_trusted"]
+    assert check_kernel(y, None, Blur(k, sigma), den)["residual_ratio"] == verdicts["true"]["residual_ratio"]  # x made here
     assert not verdicts["rotated"]["kernel_trusted"] and not verdicts["other"]["kernel_trusted"]
     assert _psnr(verdicts["true"]["fallback_image"], x) > _psnr(y, x)   # the fallback: y denoised
 

@@ -33,13 +33,14 @@ def residual_ratio(y: torch.Tensor, x: torch.Tensor, physics) -> float:
 
 
 @torch.no_grad()
-def check_kernel(y: torch.Tensor, x: torch.Tensor, physics, denoiser, limit: float = RELATIVE_LIMIT,
+def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, limit: float = RELATIVE_LIMIT,
                  **pnp_settings) -> dict:
-    """Is ``physics.kernel`` trusted, given its PnP restoration x (on the canvas) of y? Returns the
-    verdict, both residual ratios and the no-blur restoration (on y's grid, at the check's σ) for the
-    fallback."""
+    """Is ``physics.kernel`` trusted, given its PnP restoration x (on the canvas) of y (None: made
+    here)? Returns the verdict, both residual ratios and the no-blur restoration (on y's grid, at the
+    check's σ) for the fallback."""
     if physics.sigma < SIGMA_CHECK:    # both hypotheses at the check's noise floor
-        physics = physics.with_sigma(SIGMA_CHECK)
+        physics, x = physics.with_sigma(SIGMA_CHECK), None
+    if x is None:
         x = pnp_hqs(y, physics, denoiser, **pnp_settings)
     r = residual_ratio(y, x, physics)
     no_blur_physics = physics.with_kernel(delta_kernel(physics.kernel.shape[-1], device=y.device))
