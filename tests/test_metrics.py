@@ -112,6 +112,21 @@ def test_niqe_packaged_params_rank_blur_and_small_images():
     assert math.isnan(niqe(torch.rand(1, 3, 64, 64)).item())  # smaller than one 96×96 patch
 
 
+def test_gradient_sparsity_of_a_step_edge_and_of_its_box_blur():
+    """A vertical unit step in an H×W image: H gradients of 1 among n = H(W−1) + (H−1)W, so ℓ1/(√n ℓ2) = √(H/n);
+    blurred by a w-px box, each row holds w gradients of 1/w: ℓ1 = H, ℓ2 = √(H/w), √w times larger."""
+    from diffem.metrics import gradient_sparsity
+
+    H, W, w = 20, 40, 5
+    step = torch.zeros(1, 1, H, W, dtype=torch.float64)
+    step[..., 20:] = 1.0
+    ramp = step.clone()
+    ramp[..., 20 - w + 1:20] = torch.arange(1, w, dtype=torch.float64) / w    # the step blurred by a w-box
+    n = H * (W - 1) + (H - 1) * W
+    assert math.isclose(float(gradient_sparsity(step)), math.sqrt(H / n), rel_tol=1e-12)
+    assert math.isclose(float(gradient_sparsity(ramp)), math.sqrt(w * H / n), rel_tol=1e-12)
+
+
 def test_mse_batch():
     x = torch.zeros(3, 1, 4, 4)
     y = torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 4, 4)

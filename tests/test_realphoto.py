@@ -218,6 +218,17 @@ def test_deblur_photo_default_method_whole_photo():
     assert isinstance(r.info["kernel_trusted"], bool) and r.info["residual_ratio_relative"] > 0
 
 
+def test_candidate_choice_gates_on_data_fit_then_takes_the_sparsest():
+    from diffem.realphoto.pipeline import RATIO_GATE, _choose
+
+    # (r/r₀, gradient sparsity): the sparsest restoration (2) fits the data clearly worse than the best (0)
+    scores = [(0.90, 0.70), (0.90 * RATIO_GATE * 0.999, 0.60), (0.90 * RATIO_GATE * 1.001, 0.10)]
+    assert _choose(scores) == 1
+    assert _choose([(1.3, 0.5)]) == 0 and _choose([(1.0, 0.5), (0.5, 0.9)]) == 1
+    # a kernel that explains the data worse than 'no blur' loses to one that explains it better
+    assert _choose([(1.01, 0.5), (0.97, 0.6)]) == 1 and _choose([(1.01, 0.5), (1.02, 0.4)]) == 1
+
+
 def test_deblur_photo_windowed_paths_of_a_diffusion_method():
     x = _photo()[0].float()
     r = deblur_photo(x, sigma="3/255", prior="gaussian", method="fast-em-pigdm", kernel_size=5, steps=2,

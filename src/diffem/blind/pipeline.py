@@ -5,7 +5,8 @@ on the pre-denoised image, the image by PnP-HQS with that kernel, then a data-fi
    image and the kernel's least squares need almost noise-free gradients.
 2. Kernel: ``multiscale.estimate_kernel_multiscale`` on the grey (channel-mean) denoised image. For
    the 'valid' boundary the image is first extended smoothly and periodically (``pad_periodic``) so
-   that the circular model of the kernel stage makes no wrap-around edge.
+   that the circular model of the kernel stage makes no wrap-around edge. (``estimate_kernel`` also
+   offers the ℓ0-NNLS scheme, ``estimator="l0-nnls"``: the photo pipeline's candidate for long blurs.)
 3. Image: ``pnp.pnp_hqs`` on y with the estimated kernel and the measurement's own boundary.
 4. Safeguard (``safeguard.check_kernel``): a kernel whose restoration explains y clearly worse than
    the no-blur hypothesis does is marked untrusted in ``info`` and, with ``fallback=True``, the
@@ -24,13 +25,36 @@ from diffem.pnp import pnp_hqs
 from diffem.padding import pad_periodic
 
 
+ESTIMATORS = ("multiscale", "l0-nnls")
+
+
 def estimate_kernel(y: torch.Tensor, sigma: float, kernel_size: int, denoiser, boundary: str = "circular",
-                    trusted: torch.Tensor | None = None, **settings) -> torch.Tensor:
-    """Steps 1–2: the (k, k) kernel of (1, C, h, w) y. For 'valid', y is put on a canvas larger by
-    ⌊k/2⌋ (a smooth periodic extension as the start value) whose margin is missing data; ``trusted``
-    (h, w) bool marks the pixels that are data (e.g. not saturated)."""
+                    trusted: torch.Tensor | None = None, estimator: str = "multiscale", **settings) -> torch.Tensor:
+    """Steps 1–2: the (k, k) kernel of (1, C, h, w) y.
+
+    estimator "multiscale" (``estimate_kernel_multiscale``, tuned on ≤ 33 px kernels): for 'valid', y is
+    put on a canvas larger by ⌊k/2⌋ (a smooth periodic extension as the start value) whose margin is
+    missing data; ``trusted`` (h, w) bool marks the pixels that are data (e.g. not saturated).
+    estimator "l0-nnls": the ℓ0 scheme of Anger et al. (``peers.l0.estimate_kernel_l0``: the latent image
+    carried across scales, kernel step first, factor ½ down to 3 px, λ from 4e-3, edge taper for
+    'valid') with the NNLS kernel step, on the pre-denoised image. It finds the long (51–75 px)
+    trajectories that the other loses to the no-blur solution on the photo dev set
+    (docs/benchmarks/realphoto.md); ``settings`` and ``trusted`` are not used by it."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
     with torch.no_grad():
         v = denoiser(y, sigma)[0].mean(0)
+    if estimator == "l0-nnls":
+        from diffem.peers.l0 import DEFAULTS as L0, edgetaper, estimate_kernel_l0   # (peers import diffem.blind)
+
+        v = v.double()
+        v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
+        if boundary == "valid":
+            v = edgetaper(v, torch.full((kernel_size, kernel_size), kernel_size ** -2.0, dtype=v.dtype))
+        names = ("lam", "lam_ratio", "lam_min", "gamma", "iterations", "scale_factor", "kernel_threshold",
+                 "remove_isolated")
+        kernel, _ = estimate_kernel_l0(v, kernel_size, kernel_solver="nnls", **{n: L0[n] for n in names})
+        return kernel.float()
     mask = None if trusted is None else trusted.reshape(v.shape).bool()
     if boundary == "valid":
         v, box = pad_periodic(v, kernel_size // 2 + 2)
@@ -64,4 +88,5 @@ def deblur_multiscale(y: torch.Tensor, sigma: float, kernel_size: int, denoiser,
     else:
         info["output"] = "restored with the estimated kernel"
     info.pop("fallback_image", None)
+    info.pop("restored_image")
     return x, kernel, info

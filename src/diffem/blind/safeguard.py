@@ -36,8 +36,8 @@ def residual_ratio(y: torch.Tensor, x: torch.Tensor, physics) -> float:
 def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, limit: float = RELATIVE_LIMIT,
                  **pnp_settings) -> dict:
     """Is ``physics.kernel`` trusted, given its PnP restoration x (on the canvas) of y (None: made
-    here)? Returns the verdict, both residual ratios and the no-blur restoration (on y's grid, at the
-    check's σ) for the fallback."""
+    here)? Returns the verdict, both residual ratios, the restoration the verdict is about and the
+    no-blur one (both on y's grid, on [0, 1]; the latter, at the check's σ, is the fallback)."""
     if physics.sigma < SIGMA_CHECK:    # both hypotheses at the check's noise floor
         physics, x = physics.with_sigma(SIGMA_CHECK), None
     if x is None:
@@ -47,4 +47,5 @@ def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, lim
     x0 = pnp_hqs(y, no_blur_physics, denoiser, **pnp_settings)
     r0 = residual_ratio(y, x0, no_blur_physics)
     return {"kernel_trusted": bool(r <= limit * r0), "residual_ratio": r, "residual_ratio_no_blur": r0,
-            "residual_limit": limit, "fallback_image": no_blur_physics.crop(x0).clamp(0, 1)}
+            "residual_limit": limit, "restored_image": physics.crop(x).clamp(0, 1),
+            "fallback_image": no_blur_physics.crop(x0).clamp(0, 1)}

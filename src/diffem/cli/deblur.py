@@ -116,7 +116,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             "kernel_window": list(res.window) if res.window else None,
             "kernel_trusted": res.info.get("kernel_trusted"),
             "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out",
-                                                   "residual_limit", "window_scores", "size_scores") if k in res.info},
+                                                   "residual_limit", "window_scores", "candidates", "estimator") if k in res.info},
             "output": res.restore, "kernel_size": int(kernel.shape[-1]),
             "saturated_fraction": res.info.get("saturated_fraction"),
             "timings": {k: round(float(v), 4) for k, v in res.timings.items()}, "elapsed_s": round(elapsed, 3),
@@ -264,7 +264,7 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=window_default,
                    help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW regions "
-                        "(default 512 for multiscale-pnp, 256 for the diffusion methods)")
+                        "(default 1024 for multiscale-pnp, 256 for the diffusion methods)")
     p.add_argument("--restore", default="auto",
                    help="full-photo restoration: auto (= pnp, the best measured) | pnp (PnP-HQS with FFDNet, tiles) | "
                         "wiener (fast) | diffusion (tiles) | sample (a diffusion method's own posterior sample)")

@@ -8,6 +8,9 @@
   coherence", ICASSP 2012, in the closed form of Leclaire & Moisan (JMIV 2015):
   SI(u) = −log10 Q((μ − TV(u)) / s), with Q the Gaussian upper tail and μ, s² the mean and variance of
   TV(u ⊛ W) for white Gaussian noise W (a random-phase version of u). **Higher = sharper.**
+* ``gradient_sparsity`` — the normalised sparsity ℓ1/ℓ2 of the gradients (Krishnan, Tay & Fergus,
+  CVPR 2011), divided by √n so that it lies in (0, 1]. **Lower = sharper**: blur spreads each edge over
+  more pixels and ringing adds many small gradients, both raise it; the sharp image has the lowest.
 
 Colour images are first averaged over channels. Both take (B,C,H,W) (or (C,H,W)/(H,W)) in [0,1] and
 return one float64 value per batch element.
@@ -101,6 +104,13 @@ def sharpness_index(x: torch.Tensor) -> torch.Tensor:
     si = -torch.from_numpy(log_ndtr(-t.numpy())) / math.log(10)
     flat = (nx + ny) == 0
     return torch.where(flat, torch.zeros_like(si), si)
+
+
+def gradient_sparsity(x: torch.Tensor) -> torch.Tensor:
+    """‖∇u‖₁ / (√n ‖∇u‖₂) of the grey image u (forward differences inside the image) per batch element."""
+    u = _gray(x)
+    g = torch.cat([(u[..., :, 1:] - u[..., :, :-1]).flatten(1), (u[..., 1:, :] - u[..., :-1, :]).flatten(1)], 1)
+    return g.abs().sum(1) / (g.shape[1] ** 0.5 * g.norm(dim=1)).clamp_min(1e-300)
 
 
 class BlurStrength:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from diffem.blind.steps import dx, dy, gradient_adjoint, gradient_otfs, l0_latent
+from diffem.blind.steps import dx, dy, gradient_adjoint, gradient_otfs, kernel_nnls, l0_latent
 from diffem.measurement import as_image, check_boundary, check_kernel_size, parse_sigma
 from diffem.physics import crop_kernel, kernel_to_otf
 
@@ -150,8 +150,12 @@ def _resize(img: torch.Tensor, size, mode: str) -> torch.Tensor:
 
 # --- the whole method ---------------------------------------------------------------------------
 def estimate_kernel_l0(v: torch.Tensor, kernel_size: int, *, lam, lam_ratio, lam_min, gamma, iterations,
-                       scale_factor, kernel_threshold, remove_isolated, progress=False):
-    """Multiscale ℓ0 kernel estimation on a grey image v (H, W) in [0,1]. Returns (kernel, latent u)."""
+                       scale_factor, kernel_threshold, remove_isolated, kernel_solver: str = "fourier", progress=False):
+    """Multiscale ℓ0 kernel estimation on a grey image v (H, W) in [0,1]. Returns (kernel, latent u).
+    kernel_solver: "fourier" (IPOL's closed form) or "nnls" (``blind.steps.kernel_nnls``: k ≥ 0 on the
+    support; diffem's large-kernel estimator, ``blind.pipeline.estimate_kernel(estimator="l0-nnls")``)."""
+    if kernel_solver not in ("fourier", "nnls"):
+        raise ValueError(f"kernel_solver: expected 'fourier' or 'nnls', got {kernel_solver!r}")
     # pyramid: level 0 is the finest; kernel sizes halved and forced odd, stop under 3 px
     sizes = [(v.shape[0], v.shape[1], kernel_size)]
     while True:
@@ -170,7 +174,8 @@ def estimate_kernel_l0(v: torch.Tensor, kernel_size: int, *, lam, lam_ratio, lam
         v_l = v if level == 0 else _resize(v, (h, w), "bilinear")
         u = v_l.clone() if u is None else _resize(u, (h, w), "bicubic")
         for _ in range(iterations):
-            k = clean_kernel(kernel_step(u, v_l, ks, gamma), kernel_threshold, remove_isolated)
+            k_ls = kernel_step(u, v_l, ks, gamma) if kernel_solver == "fourier" else kernel_nnls(u, v_l, ks, gamma)
+            k = clean_kernel(k_ls, kernel_threshold, remove_isolated)
             u = l0_latent(v_l, k, lam)   # IPOL Alg. 2 (Xu et al. 2013)
             lam = max(lam * lam_ratio, lam_min)
             bar.update(1)

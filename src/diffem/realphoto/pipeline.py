@@ -8,9 +8,12 @@
 3. Kernel: on the whole photo when it fits in ``window``·``full_factor``, else on up to ``windows``
    non-overlapping informative windows (``tiling.informative_windows``), each kernel then scored by
    how well it explains the *other* windows (PnP restoration's residual relative to the no-blur
-   hypothesis, the safeguard's test) and the best one kept. ``kernel_size="auto"``: the supports 25,
-   45 and min(75, a quarter of the photo) are tried on the best window and the one whose kernel
-   explains it best is kept.
+   hypothesis, the safeguard's test) and the best one kept. Candidates on the best window: the
+   multiscale kernel stage at the support (``kernel_size="auto"``: at 25, 45 and min(75, a quarter of
+   the photo)) and the ℓ0-NNLS scheme at the largest support; each is scored on one restored crop
+   and, among those whose data fit r/r₀ is within 10 % of the best and below 1, the one whose
+   restoration has the sparsest gradients (ℓ1/ℓ2, Krishnan et al. 2011: blur and ringing both raise
+   it) is kept.
    The default method is diffem's ``multiscale-pnp``; the paper's samplers (``fast-em-pigdm``, …) can
    be asked for and run on one window of ``window`` px.
 4. Image: PnP-HQS with the kernel on the whole photo, in blended tiles with the exact 'valid' model
@@ -32,6 +35,7 @@ import diffem
 from diffem.blind import estimate_kernel
 from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel
 from diffem.denoisers import load_denoiser
+from diffem.metrics.no_reference import gradient_sparsity
 from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
 from diffem.physics import Blur, crop, wiener_deconv
 from diffem.pnp import pnp_hqs
@@ -46,6 +50,8 @@ RESTORE_MODES = ("auto", "pnp", "wiener", "diffusion", "sample")
 SIGMA_FLOOR = 1.0 / 255
 MAX_KERNEL_SIZE = 75
 AUTO_SIZES = (25, 45)      # the smaller candidate supports of kernel_size="auto" (and the cap, ≤ 75)
+SCORE_SIZE = 384           # candidate kernels are compared on one restored crop of this size
+RATIO_GATE = 1.1           # … among those within 10 % of the best data fit (photo dev set)
 
 
 @dataclass
@@ -68,34 +74,45 @@ def _kernel_size(kernel_size, shape) -> tuple[int, bool]:
     return check_kernel_size(kernel_size, shape), False
 
 
-def _centre(region, size: int):
+def _scoring_crop(region, size: int, ksize: int):
+    """The most informative size×size crop of a region (y (1,C,h,w), trusted (h,w))."""
     y, trusted = region
-    h, w = y.shape[-2:]
-    t, l = max((h - size) // 2, 0), max((w - size) // 2, 0)
+    (t, l), = informative_windows(y[0], size, ksize, 1)
     return y[..., t:t + size, l:l + size], trusted[t:t + size, l:l + size]
 
 
-def _score_on(kernel, regions, sigma, den, size: int = 256) -> float:
-    """Mean over the regions (their central size×size) of the safeguard's r(k̂)/r(δ): how much worse
-    than 'no blur' the kernel explains them."""
-    ratios = []
-    for y, trusted in (_centre(r, size) for r in regions):
+def _score_on(kernel, regions, sigma, den, size: int = SCORE_SIZE) -> tuple[float, float]:
+    """Means over the regions (their most informative size×size) of the safeguard's r(k̂)/r(δ) (how much
+    worse than 'no blur' the kernel explains them) and of its restoration's gradient sparsity."""
+    ratios, sparsity = [], []
+    for y, trusted in (_scoring_crop(r, size, kernel.shape[-1]) for r in regions):
         physics = Blur.for_measurement(y, kernel, sigma, "valid", trusted=trusted)
         verdict = check_kernel(y, None, physics, den)
         ratios.append(verdict["residual_ratio"] / max(verdict["residual_ratio_no_blur"], 1e-12))
-    return float(sum(ratios) / len(ratios))
+        sparsity.append(float(gradient_sparsity(verdict["restored_image"])))
+    return sum(ratios) / len(ratios), sum(sparsity) / len(sparsity)
+
+
+def _choose(scores: list[tuple[float, float]]) -> int:
+    """The candidate kernel to keep: among those whose r/r₀ is within ``RATIO_GATE`` of the best one's
+    (the others fit the data clearly worse) and below 1 (better than 'no blur' at all; if none is, the
+    gate alone), the one whose restoration has the sparsest gradients."""
+    best_ratio = min(r for r, _ in scores)
+    eligible = [i for i, (r, _) in enumerate(scores) if r <= RATIO_GATE * best_ratio]
+    eligible = [i for i in eligible if scores[i][0] < 1] or eligible
+    return min(eligible, key=lambda i: scores[i][1])
 
 
 def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp", kernel_size="auto",
                  n_particles: int = 1, steps=None, seed: int = 0, device="auto", progress: bool = True,
                  window: int | None = None, windows: int = 3, full_factor: float = 1.25, restore: str = "auto",
-                 tile: int = 512, noise_method: str = "pca", sigma_floor: float = SIGMA_FLOOR,
+                 tile: int = 1024, noise_method: str = "pca", sigma_floor: float = SIGMA_FLOOR,
                  preset: str | None = None, boundary: str = "valid", denoiser="ffdnet", fallback: bool = True,
                  saturation: float = 0.98, linear_light: bool = False, **options) -> PhotoResult:
     """Blind deblurring of a real photo (see the module docstring for the steps).
 
     y: (C,H,W) tensor or (H,W[,C]) numpy array on [0, 1], C = 1 or 3. sigma: 'auto', a float or '5/255'.
-    kernel_size: 'auto' (up to 75 px) or an integer. window: the kernel-estimation window (default 512
+    kernel_size: 'auto' (up to 75 px) or an integer. window: the kernel-estimation window (default 1024
     for multiscale-pnp, 256 for the diffusion samplers); windows: how many are tried on large photos.
     restore: auto (= pnp, the best measured restorer) | pnp |
     wiener | diffusion | sample. boundary: 'valid' (the photo is the non-circular blur of a larger
@@ -115,7 +132,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     ksize, auto_size = _kernel_size(kernel_size, (H, W))
     if auto_size and not multiscale:   # the paper's samplers have kernel denoisers for 33 (and 64) only
         ksize = min(33, ksize)
-    window = (512 if multiscale else 256) if window is None else int(window)
+    window = (1024 if multiscale else 256) if window is None else int(window)
     if window < 2 * ksize and not auto_size:
         raise ValueError(f"window: must be at least twice the kernel size ({2 * ksize}), got {window}")
     ksize = min(ksize, window // 2 | 1)
@@ -157,22 +174,28 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     samples, res = None, None
     if multiscale:
         settings = dict(options.pop("kernel_settings", {}))
-        estimate = lambda region, size: estimate_kernel(region[0], sigma_k, size, den, boundary, region[1], **settings)  # noqa: E731
-        # kernel_size="auto": the candidate supports on the best window, the one whose kernel explains
-        # that window best (the safeguard's r/r₀) kept — the kernel stage is reliable only when its
-        # support is close to the blur's size (a 65 px support for ≤ 33 px blurs: ER 35 on the tuning split)
+
+        def estimate(region, candidate):
+            estimator, size = candidate
+            return estimate_kernel(region[0], sigma_k, size, den, boundary, region[1], estimator,
+                                   **(settings if estimator == "multiscale" else {}))
+        # the candidates, on the best window: diffem's multiscale stage (tuned on ≤ 33 px kernels; reliable
+        # only with a support close to the blur's size, so kernel_size="auto" tries 25, 45 and the cap) and
+        # the ℓ0-NNLS scheme at the largest support (it finds the long trajectories the other loses)
         sizes = [n for n in AUTO_SIZES if n < ksize] + [ksize] if auto_size else [ksize]
-        candidates = [estimate(regions[0], n) for n in sizes]
-        size_scores = [_score_on(k.to(dev), regions[:1], sigma_r, den) for k in candidates]
-        pick = min(range(len(sizes)), key=size_scores.__getitem__)
-        if auto_size:
-            info["size_scores"] = dict(zip(sizes, size_scores))
-        kernels = [candidates[pick]] + [estimate(r, sizes[pick]) for r in regions[1:]]
+        candidates = [("multiscale", n) for n in sizes] + [("l0-nnls", ksize)]
+        found = [estimate(regions[0], c) for c in candidates]
+        scores = [_score_on(k.to(dev), regions[:1], sigma_r, den) for k in found]
+        pick = _choose(scores)
+        info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
+                              for (e, n), (r, g) in zip(candidates, scores)]
+        info["estimator"] = candidates[pick][0]
+        kernels = [found[pick]] + [estimate(r, candidates[pick]) for r in regions[1:]]
         if len(kernels) > 1:   # each kernel judged on the windows it was not estimated on
-            scores = [_score_on(k.to(dev), [r for j, r in enumerate(regions) if j != i], sigma_r, den)
-                      for i, k in enumerate(kernels)]
-            best = min(range(len(kernels)), key=scores.__getitem__)
-            info["window_scores"] = scores
+            scores_out = [_score_on(k.to(dev), [r for j, r in enumerate(regions) if j != i], sigma_r, den)[0]
+                          for i, k in enumerate(kernels)]
+            best = min(range(len(kernels)), key=scores_out.__getitem__)
+            info["window_scores"] = scores_out
         else:
             best = 0
         kernel = kernels[best].float().cpu()
@@ -196,8 +219,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
 
     # 5. the safeguard, before the restoration: it decides which one
     t = time.perf_counter()
-    own_score = (size_scores[pick] if multiscale and best == 0 else
-                 _score_on(kernel.to(dev), [regions[best]], sigma_r, den))
+    own_score = (scores[pick][0] if multiscale and best == 0 else
+                 _score_on(kernel.to(dev), [regions[best]], sigma_r, den)[0])
     # trusted only if it explains its own window and (when there are others) the windows it never saw
     held_out = info["window_scores"][best] if "window_scores" in info else own_score
     trusted_kernel = max(own_score, held_out) <= RELATIVE_LIMIT
