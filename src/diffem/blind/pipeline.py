@@ -28,33 +28,38 @@ from diffem.padding import pad_periodic
 ESTIMATORS = ("multiscale", "l0-nnls")
 
 
+def predenoise(y: torch.Tensor, sigma: float, denoiser) -> torch.Tensor:
+    """Step 1: the grey (channel-mean) image (h, w) of (1, C, h, w) y denoised at σ."""
+    with torch.no_grad():
+        return denoiser(y, sigma)[0].mean(0)
+
+
 def estimate_kernel(y: torch.Tensor, sigma: float, kernel_size: int, denoiser, boundary: str = "circular",
                     trusted: torch.Tensor | None = None, estimator: str = "multiscale", **settings) -> torch.Tensor:
-    """Steps 1–2: the (k, k) kernel of (1, C, h, w) y.
+    """Steps 1–2: the (k, k) kernel of (1, C, h, w) y (``estimate_kernel_denoised`` of ``predenoise``)."""
+    return estimate_kernel_denoised(predenoise(y, sigma, denoiser), sigma, kernel_size, boundary, trusted,
+                                    estimator, **settings)
 
-    estimator "multiscale" (``estimate_kernel_multiscale``, tuned on ≤ 33 px kernels): for 'valid', y is
+
+def estimate_kernel_denoised(v: torch.Tensor, sigma: float, kernel_size: int, boundary: str = "circular",
+                             trusted: torch.Tensor | None = None, estimator: str = "multiscale",
+                             **settings) -> torch.Tensor:
+    """Step 2: the (k, k) kernel from ``predenoise``'s grey image v (h, w).
+
+    estimator "multiscale" (``estimate_kernel_multiscale``, tuned on ≤ 33 px kernels): for 'valid', v is
     put on a canvas larger by ⌊k/2⌋ (a smooth periodic extension as the start value) whose margin is
     missing data; ``trusted`` (h, w) bool marks the pixels that are data (e.g. not saturated).
-    estimator "l0-nnls": the ℓ0 scheme of Anger et al. (``peers.l0.estimate_kernel_l0``: the latent image
+    estimator "l0-nnls": the ℓ0 scheme of Anger et al. (``peers.l0.kernel_of_grey``: the latent image
     carried across scales, kernel step first, factor ½ down to 3 px, λ from 4e-3, edge taper for
-    'valid') with the NNLS kernel step, on the pre-denoised image. It finds the long (51–75 px)
-    trajectories that the other loses to the no-blur solution on the photo dev set
-    (docs/benchmarks/realphoto.md); ``settings`` and ``trusted`` are not used by it."""
+    'valid') with the NNLS kernel step. It finds the long (51–75 px) trajectories that the other loses
+    to the no-blur solution on the photo dev set (docs/benchmarks/realphoto.md); ``settings`` and
+    ``trusted`` are not used by it."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
-    with torch.no_grad():
-        v = denoiser(y, sigma)[0].mean(0)
     if estimator == "l0-nnls":
-        from diffem.peers.l0 import DEFAULTS as L0, edgetaper, estimate_kernel_l0   # (peers import diffem.blind)
+        from diffem.peers.l0 import kernel_of_grey   # (peers import diffem.blind)
 
-        v = v.double()
-        v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
-        if boundary == "valid":
-            v = edgetaper(v, torch.full((kernel_size, kernel_size), kernel_size ** -2.0, dtype=v.dtype))
-        names = ("lam", "lam_ratio", "lam_min", "gamma", "iterations", "scale_factor", "kernel_threshold",
-                 "remove_isolated")
-        kernel, _ = estimate_kernel_l0(v, kernel_size, kernel_solver="nnls", **{n: L0[n] for n in names})
-        return kernel.float()
+        return kernel_of_grey(v.double(), kernel_size, boundary, kernel_solver="nnls").float()
     mask = None if trusted is None else trusted.reshape(v.shape).bool()
     if boundary == "valid":
         v, box = pad_periodic(v, kernel_size // 2 + 2)

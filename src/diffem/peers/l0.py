@@ -183,6 +183,22 @@ def estimate_kernel_l0(v: torch.Tensor, kernel_size: int, *, lam, lam_ratio, lam
     return k, u
 
 
+KERNEL_OPTIONS = ("lam", "lam_ratio", "lam_min", "gamma", "iterations", "scale_factor", "kernel_threshold",
+                  "remove_isolated")   # the options of the kernel estimation (the rest are the TV step's)
+
+
+def kernel_of_grey(v: torch.Tensor, kernel_size: int, boundary: str, options: dict = DEFAULTS,
+                   kernel_solver: str = "fourier", progress: bool = False) -> torch.Tensor:
+    """Steps 1–3 on a grey image v (H, W): min-max normalised (the kernel does not depend on the affine
+    change), edge-tapered for 'valid', then ``estimate_kernel_l0`` with ``options``' kernel settings."""
+    v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
+    if boundary == "valid":
+        v = edgetaper(v, torch.full((kernel_size, kernel_size), 1.0 / kernel_size ** 2, dtype=v.dtype))
+    k, _ = estimate_kernel_l0(v, kernel_size, kernel_solver=kernel_solver, progress=progress,
+                              **{n: options[n] for n in KERNEL_OPTIONS})
+    return k
+
+
 def deblur_l0(y, sigma: float = 0.0, kernel_size: int = 33, *, high_noise: bool = False,
               boundary: str = "circular", progress: bool = True, **options):
     """Blind deblurring with the ℓ0 gradient prior (Anger et al., IPOL 2019).
@@ -211,15 +227,8 @@ def deblur_l0(y, sigma: float = 0.0, kernel_size: int = 33, *, high_noise: bool 
         # With a known σ we use λ ≈ 0.25/σ² (measured best on CBSD68 crops, docs/benchmarks/peers.md).
         p["tv_lambda"] = 3000.0 if sigma <= 0 else min(3000.0, 0.25 / sigma ** 2)
 
-    # 1. preprocessing: grey, min-max normalised (the kernel does not depend on the affine change)
-    v = y.mean(0)
-    v = (v - v.min()) / (v.max() - v.min()).clamp_min(1e-12)
-    if boundary == "valid":
-        v = edgetaper(v, torch.full((kernel_size, kernel_size), 1.0 / kernel_size ** 2, dtype=v.dtype))
-    k, _ = estimate_kernel_l0(v, kernel_size, lam=p["lam"], lam_ratio=p["lam_ratio"], lam_min=p["lam_min"],
-                              gamma=p["gamma"], iterations=p["iterations"], scale_factor=p["scale_factor"],
-                              kernel_threshold=p["kernel_threshold"], remove_isolated=p["remove_isolated"],
-                              progress=progress)
+    # 1.–3. the kernel of the grey image
+    k = kernel_of_grey(y.mean(0), kernel_size, boundary, p, progress=progress)
 
     # 4. final non-blind TV-L2 deconvolution, per channel, on the image scaled by its max
     scale = float(y.max().clamp_min(1e-12))

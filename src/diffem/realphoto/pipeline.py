@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 import diffem
-from diffem.blind import estimate_kernel
+from diffem.blind.pipeline import estimate_kernel_denoised, predenoise
 from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel
 from diffem.denoisers import load_denoiser
 from diffem.metrics.no_reference import gradient_sparsity
@@ -175,16 +175,18 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     if multiscale:
         settings = dict(options.pop("kernel_settings", {}))
 
-        def estimate(region, candidate):
+        def estimate(region, candidate, denoised=None):
             estimator, size = candidate
-            return estimate_kernel(region[0], sigma_k, size, den, boundary, region[1], estimator,
-                                   **(settings if estimator == "multiscale" else {}))
+            v = predenoise(region[0], sigma_k, den) if denoised is None else denoised
+            return estimate_kernel_denoised(v, sigma_k, size, boundary, region[1], estimator,
+                                            **(settings if estimator == "multiscale" else {}))
         # the candidates, on the best window: diffem's multiscale stage (tuned on ≤ 33 px kernels; reliable
         # only with a support close to the blur's size, so kernel_size="auto" tries 25, 45 and the cap) and
         # the ℓ0-NNLS scheme at the largest support (it finds the long trajectories the other loses)
         sizes = [n for n in AUTO_SIZES if n < ksize] + [ksize] if auto_size else [ksize]
         candidates = [("multiscale", n) for n in sizes] + [("l0-nnls", ksize)]
-        found = [estimate(regions[0], c) for c in candidates]
+        denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
+        found = [estimate(regions[0], c, denoised) for c in candidates]
         scores = [_score_on(k.to(dev), regions[:1], sigma_r, den) for k in found]
         pick = _choose(scores)
         info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
