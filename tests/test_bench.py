@@ -227,6 +227,40 @@ def test_lai_uniform_at_33_keeps_the_kernels_that_fit_and_says_so():
     assert len(src._set) == 1
 
 
+def test_tuning_real_kernels_are_shrunk_into_the_support_with_a_margin(tmp_path):
+    """The tune-real split's kernels: each estimate cropped to its support, shrunk to ≤ 27 px (15–27 in
+    turn), centred in 33×33; the estimates' faint floor (< 2 % of the peak) outside it is gone."""
+    from diffem.benchmark.data import TUNING_REAL_EXTENTS
+
+    folder = tmp_path / "Lai16_real_estimates" / "npy"
+    folder.mkdir(parents=True)
+    line = np.full((61, 61), 1e-4, np.float32)   # a 41-px diagonal stroke on a faint floor
+    for i in range(41):
+        line[10 + i, 10 + i] = 1.0
+    np.save(folder / "a_psf.npy", line)
+    np.save(folder / "b_psf.npy", line.T[::-1].copy())
+    src = KernelSource("tuning-real:33", kernel_root=str(tmp_path))
+    assert src.size == 33 and len(src._set) == 2
+    for j in range(2):
+        k = src.kernel(j).numpy()
+        rows, cols = np.nonzero(k > 1e-3 * k.max())
+        extent = max(np.ptp(rows), np.ptp(cols)) + 1
+        assert abs(k.sum() - 1) < 1e-5 and extent <= TUNING_REAL_EXTENTS[j] + 1
+        assert extent >= TUNING_REAL_EXTENTS[j] - 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="kernel-root"):   # the set is not shipped: say where it is looked for
+        KernelSource("tuning-real:33", kernel_root=str(tmp_path / "empty"))
+
+
+def test_skip_takes_the_images_after_the_first_ones():
+    from diffem.benchmark.data import list_images
+
+    every = list_images(IMAGES)
+    assert list_images(IMAGES, limit=2, skip=1) == every[1:3]
+    with pytest.raises(ValueError, match="skip"):
+        list_images(IMAGES, skip=len(every))
+
+
 def test_valid_boundary_reaches_the_methods(tmp_path, monkeypatch):
     """Bug 5: ``--boundary valid`` only shaped the data; the methods still ran the circular model."""
     import diffem.api

@@ -41,6 +41,22 @@ def test_kernel_nnls_recovers_a_kernel_from_noise_free_gradients():
     assert float(kernel_nnls(x, noisy, 7, gamma=1.0).min()) >= 0
 
 
+def test_edge_usefulness_is_one_on_an_edge_and_near_zero_in_fine_texture():
+    """Xu & Jia's r = ‖Σ∇v‖/(Σ‖∇v‖ + ε): a blurred step's gradients all point one way (r → 1); a
+    blurred checkerboard finer than the window has gradients that cancel (r ≈ 0)."""
+    from diffem.blind.steps import edge_usefulness
+
+    step = torch.zeros(64, 64, dtype=torch.float64)
+    step[:, 32:] = 1.0
+    box = torch.full((5, 5), 1 / 25, dtype=torch.float64)
+    r = edge_usefulness(blur(step[None, None], box)[0, 0], 7)
+    assert float(r[10:54, 30:34].min()) > 0.95
+    rows, cols = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    checker = (((rows // 2) + (cols // 2)) % 2).double()
+    r = edge_usefulness(blur(checker[None, None], torch.full((3, 3), 1 / 9, dtype=torch.float64))[0, 0], 9)
+    assert float(r.max()) < 0.1
+
+
 def test_clean_kernel_drops_specks_and_recentres():
     k = torch.zeros(15, 15, dtype=torch.float64)
     k[3, 2:9] = 1.0          # a line, off centre

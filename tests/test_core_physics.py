@@ -36,6 +36,23 @@ def test_blur_matches_scipy_circular_convolution():
         np.testing.assert_allclose(ours[0, c].numpy(), ref, atol=1e-12)
 
 
+def test_fft_size_is_the_smallest_7_smooth_multiple():
+    from diffem.physics import fft_size
+
+    def smooth(m):
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in range(1, 400):
+        for multiple in (1, 16):
+            m = fft_size(n, multiple)
+            assert m >= n and m % multiple == 0 and smooth(m)
+            assert not any(smooth(c) for c in range(-(-n // multiple) * multiple, m, multiple))
+    assert fft_size(1281) == 1296 and fft_size(1280) == 1280
+
+
 def test_blur_valid_matches_circular_interior():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(1, 3, 30, 30, generator=g, dtype=torch.float64)

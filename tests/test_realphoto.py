@@ -1,4 +1,5 @@
 """diffem.realphoto: file formats, σ estimation, boundaries, tiling, the photo pipeline."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from diffem.realphoto import (crop, deblur_photo, deconv_valid, estimate_sigma, 
                               read_photo, wiener_deconv, write_photo)
 from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
 from diffem.realphoto.noise import sigma_mad, sigma_pca
+from diffem.realphoto.tiling import tile_spans
 
 DATA = Path(__file__).parent / "data"
 
@@ -189,6 +191,16 @@ def test_map_tiles_identity_and_agrees_with_a_whole_image_run():
     tiled = map_tiles(yb, lambda t: wiener_deconv(t, k.float(), 0.01), tile=40, overlap=12, context=34,
                       progress=False)
     assert _psnr(tiled, truth) > _psnr(whole, truth) - 1.0
+
+
+@pytest.mark.parametrize("n,tile,overlap", [(4000, 1024, 75), (3000, 1024, 75), (1100, 1024, 75), (1300, 1024, 32),
+                                             (95, 32, 8), (33, 8, 4)])
+def test_tile_spans_cover_the_axis_with_the_fewest_even_tiles(n, tile, overlap):
+    starts, size = tile_spans(n, tile, overlap)
+    assert starts[0] == 0 and starts[-1] + size == n and size <= max(1.25 * tile, 2 * overlap + 1)
+    assert all(b - a <= size - overlap + 1 for a, b in zip(starts, starts[1:]))      # neighbours share ≥ overlap − 1 px
+    assert len(starts) == (1 if n <= 1.25 * tile else math.ceil((n - overlap) / (int(1.25 * tile) - overlap)))
+    assert len(starts) <= len(range(0, n - tile, tile - overlap)) + 1                 # never more than fixed-size tiles
 
 
 def test_informative_window_prefers_texture_and_avoids_saturation():

@@ -12,6 +12,8 @@
   kernel i mod n), zero-padded (centred) to the size of the largest kernel of the set.
 * ``tuning:33``: the 16 kernels of the tuning split (``tuning_kernels``): USRNet's 4 motion kernels and
   12 generator kernels drawn at sizes 13–33 (small, thin trajectories included) and placed in the support.
+* ``tuning-real:33``: the real-camera-shake tuning kernels (``tuning_real_kernels``): the 30 kernels Lai
+  et al. estimated from real blurry photos, shrunk to 15–27 px (needs the set: ``kernel_root``).
 * Measurement: ``boundary="circular"``: y = k ⊛ x + σ n on the crop (the authors' protocol, circular
   convolution, unclipped Gaussian noise). ``boundary="valid"``: the crop is taken (k−1) pixels larger and
   y = valid(k ⊛ x) + σ n, so y has the crop size and its borders carry real (non-periodic) content; the
@@ -25,6 +27,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from diffem.benchmark.specs import parse_value
@@ -36,12 +39,16 @@ from diffem.rng import derive_seed
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def list_images(dataset: str, limit: int | None = None) -> list[str]:
+def list_images(dataset: str, limit: int | None = None, skip: int = 0) -> list[str]:
+    """The dataset's images in sorted order: ``limit`` of them after the first ``skip``."""
     if not os.path.isdir(dataset):
         raise ValueError(f"dataset: not a folder: {dataset}")
     files = sorted(f for f in os.listdir(dataset) if f.lower().endswith(IMAGE_EXTS))
     if not files:
         raise ValueError(f"dataset: no images in {dataset}")
+    if skip < 0 or skip >= len(files):
+        raise ValueError(f"skip: expected 0 to {len(files) - 1} (the dataset has {len(files)} images), got {skip}")
+    files = files[skip:]
     if limit is not None:
         if limit < 1:
             raise ValueError(f"limit: expected a positive integer, got {limit}")
@@ -97,6 +104,36 @@ def tuning_kernels(size: int = 33) -> list[np.ndarray]:
     return [k.numpy().astype(np.float32) for k in ks]
 
 
+# the support extents (px) the real-photo estimates are shrunk to, in turn (never more than Levin's 27 px
+# in a 33 support: a support must leave the blur some margin)
+TUNING_REAL_EXTENTS = (15, 19, 23, 27, 21, 25, 17)
+
+
+def shrink_kernel(k: np.ndarray, extent: int) -> np.ndarray:
+    """k cropped to where it exceeds 2 % of its maximum (the estimates' faint noise floor goes) and, if
+    larger than ``extent`` px, resized (area-averaging, aspect kept) to fit in it; sum 1."""
+    k = np.clip(np.asarray(k, dtype=np.float64), 0, None)
+    rows, cols = np.nonzero(k > 0.02 * k.max())
+    k = k[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    n = max(k.shape)
+    if n > extent:
+        size = tuple(max(3, int(round(s * extent / n))) for s in k.shape)
+        k = F.interpolate(torch.from_numpy(k)[None, None], size=size, mode="bilinear", antialias=True,
+                          align_corners=False)[0, 0].clamp_min(0).numpy()
+    return k / k.sum()
+
+
+def tuning_real_kernels(size: int = 33, root: str | None = None) -> list[np.ndarray]:
+    """The real-camera-shake tuning kernels: the 30 Lai et al. (2016) estimates from real blurry photos
+    (``Lai16_real_estimates``, not shipped: ``root`` or $DIFFEM_KERNELS), kernel j shrunk by
+    ``shrink_kernel`` to ``TUNING_REAL_EXTENTS[j mod 7]`` px and placed in (size, size)."""
+    from diffem.kernels.loaders import place_kernel
+
+    files = find_kernel_files("lai16_real_estimates", root)
+    return [place_kernel(shrink_kernel(np.load(f), min(size - 2, TUNING_REAL_EXTENTS[j % len(TUNING_REAL_EXTENTS)])),
+                         size).numpy().astype(np.float32) for j, f in enumerate(files)]
+
+
 class KernelSource:
     """``kernel(i)`` -> (k,k) float32 tensor for image index i; ``size``; ``spec`` (text)."""
 
@@ -112,6 +149,12 @@ class KernelSource:
             self.size = int(parts[1])
             if head == "tuning":
                 self._set = tuning_kernels(self.size)
+                return
+            if head == "tuning-real":
+                try:
+                    self._set = tuning_real_kernels(self.size, kernel_root)
+                except FileNotFoundError as e:
+                    raise ValueError(f"kernels: {spec!r}: {e} (--kernel-root)") from None
                 return
             if head not in GENERATORS:  # a public kernel set at a given size, e.g. levin:33
                 if kernel_set(head) is None:

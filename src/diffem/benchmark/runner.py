@@ -36,7 +36,7 @@ from diffem.measurement import check_boundary, resolve_device
 from diffem.rng import derive_seed
 
 # Settings that define the degraded set / the results; a resumed run must use the same.
-CONFIG_KEYS = ("dataset", "crop", "kernels", "seed", "boundary", "prior", "steps")
+CONFIG_KEYS = ("dataset", "skip", "crop", "kernels", "seed", "boundary", "prior", "steps")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class BenchConfig:
     kernels: str = "motion:33"
     crop: int | None = 256
     limit: int | None = None
+    skip: int = 0                   # images skipped before the first one used (sorted by name)
     steps: int | None = None
     prior: str | None = "default"
     seed: int = 0
@@ -190,13 +191,13 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
     for s in specs:  # fail early on unknown names
         get_method(s.name)
 
-    images = bdata.list_images(cfg.dataset, cfg.limit)
+    images = bdata.list_images(cfg.dataset, cfg.limit, cfg.skip)
     ksrc = bdata.KernelSource(cfg.kernels, cfg.seed, cfg.kernel_root)
     out = cfg.out
     os.makedirs(out, exist_ok=True)
     for sub in ("data/gt", "data/kernels", "data/inputs"):
         os.makedirs(os.path.join(out, sub), exist_ok=True)
-    cfg_dict = {"dataset": os.path.abspath(cfg.dataset), "crop": cfg.crop, "kernels": cfg.kernels,
+    cfg_dict = {"dataset": os.path.abspath(cfg.dataset), "skip": cfg.skip or None, "crop": cfg.crop, "kernels": cfg.kernels,
                 "seed": int(cfg.seed), "boundary": cfg.boundary, "prior": cfg.prior, "steps": cfg.steps,
                 "methods": [s.label for s in specs], "sigmas": sigmas, "diffem_version": __version__}
     _check_config(out, cfg_dict)

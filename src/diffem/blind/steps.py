@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 from diffem.physics import crop_kernel, delta_kernel, kernel_to_otf, recenter
@@ -61,9 +62,20 @@ def l0_latent(v: torch.Tensor, kernel: torch.Tensor, lam: float, beta_max: float
     return x
 
 
+def edge_usefulness(v: torch.Tensor, window: int) -> torch.Tensor:
+    """How much the gradients of blurry v are worth fitting (Xu & Jia, ECCV 2010, eq. 3):
+    r = ‖Σ_N ∇v‖ / (Σ_N ‖∇v‖ + ε) over a window×window N: ≈ 1 along edges wider than the blur, ≈ 0 in
+    fine texture, whose gradients the blur cancels and which would mislead the kernel."""
+    window = max(3, window | 1)
+    box = lambda u: F.avg_pool2d(u[None, None], window, 1, window // 2, count_include_pad=False)[0, 0]  # noqa: E731
+    gx, gy = dx(v), dy(v)
+    return torch.sqrt(box(gx) ** 2 + box(gy) ** 2) / (box(torch.sqrt(gx ** 2 + gy ** 2)) + 1e-3)
+
+
 def kernel_nnls(x: torch.Tensor, v: torch.Tensor, ksize: int, gamma: float, iters: int = 200,
-                k_init: torch.Tensor | None = None) -> torch.Tensor:
-    """argmin_{k ≥ 0} Σ_d ‖∂_d x ⊛ k − ∂_d v‖² + γ‖k‖² over a ksize×ksize kernel (FISTA, step 1/L).
+                k_init: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """argmin_{k ≥ 0} Σ_d ‖∂_d x ⊛ k − ∂_d v‖² + γ‖k‖² over a ksize×ksize kernel (FISTA, step 1/L);
+    with ``weight`` (H, W), x's gradients are weighted by it (``edge_usefulness``: Xu & Jia's selected ∇I_s).
 
     The quadratic form only needs the gradients' autocorrelation R on the (2k−1)² window around 0
     and their cross-correlation b on the support; R ⊛ k on the support is one FFT product on a
@@ -71,7 +83,7 @@ def kernel_nnls(x: torch.Tensor, v: torch.Tensor, ksize: int, gamma: float, iter
     shape = x.shape[-2:]
     num = den = 0
     for d in (dx, dy):
-        X, V = torch.fft.rfft2(d(x)), torch.fft.rfft2(d(v))
+        X, V = torch.fft.rfft2(d(x) if weight is None else d(x) * weight), torch.fft.rfft2(d(v))
         num, den = num + X.conj() * V, den + X.abs() ** 2
     grid = (3 * ksize - 2,) * 2
     R = kernel_to_otf(crop_kernel(torch.fft.irfft2(den, s=shape), 2 * ksize - 1), grid)

@@ -9,10 +9,14 @@ DEFAULT_DATASET = os.path.join("..", "shared", "data", "test", "CBSD68")
 PROTOCOLS = {
     "tune": dict(dataset=os.path.join("..", "shared", "data", "test", "CBSD68"), limit=16, crop=256,
                  kernels="tuning:33", sigmas="5,10"),
+    # the realistic tuning split: other CBSD68 images × kernels estimated from real blurry photos
+    "tune-real": dict(dataset=os.path.join("..", "shared", "data", "test", "CBSD68"), skip=16, limit=30, crop=256,
+                      kernels="tuning-real:33", sigmas="5,10", kernel_root=os.path.join("..", "shared", "data", "kernels")),
     "validate": dict(dataset=os.path.join("..", "shared", "data", "test", "McMaster"), limit=18, crop=256,
                      kernels="levin:33", sigmas="5,10"),
 }
-GENERAL_DEFAULTS = dict(dataset=DEFAULT_DATASET, limit=None, crop=256, kernels="motion:33", sigmas="5,10,20")
+GENERAL_DEFAULTS = dict(dataset=DEFAULT_DATASET, skip=0, limit=None, crop=256, kernels="motion:33", sigmas="5,10,20",
+                        kernel_root=None)
 
 
 def register(sub):
@@ -25,7 +29,9 @@ def register(sub):
                     "or a SLURM array (SLURM_ARRAY_TASK_ID/COUNT); then `diffem bench-merge`.")
     p.add_argument("--protocol", default=None, choices=tuple(PROTOCOLS),
                    help="a preset split: 'tune' = first 16 CBSD68 crops (256²) × the tuning kernels (tuning:33: "
-                        "USRNet motion + generator kernels) × σ 5,10; 'validate' = 18 McMaster crops × the 8 Levin "
+                        "USRNet motion + generator kernels) × σ 5,10; 'tune-real' = the next 30 CBSD68 crops × 30 "
+                        "kernels estimated from real blurry photos (tuning-real:33, Lai et al. 2016, shrunk to 15-27 "
+                        "px; ../shared/data/kernels) × σ 5,10; 'validate' = 18 McMaster crops × the 8 Levin "
                         "kernels (levin:33, image i gets kernel i mod 8) × σ 5,10 — report on it, never tune on it")
     p.add_argument("--dataset", default=None, help=f"folder of ground-truth images (default {DEFAULT_DATASET})")
     p.add_argument("--out", default=None, help="output folder (created; reused to resume); required")
@@ -35,12 +41,14 @@ def register(sub):
                         "(see --list-methods)")
     p.add_argument("--sigmas", default=None, help="noise levels on the 0..255 scale (default 5,10,20)")
     p.add_argument("--kernels", default=None,
-                   help="generator:size[:key=value,...] (motion, handshake, gaussian, linear, mix), a kernel set "
+                   help="generator:size[:key=value,...] (motion, handshake, gaussian, linear, mix), tuning:33, "
+                        "tuning-real:33 (see --protocol), a kernel set "
                         "(levin, usrnet, lai-uniform: shipped; optionally :SIZE) or a .npy file/folder (default motion:33)")
     p.add_argument("--kernel-root", default=None,
                    help="folder holding other kernel sets (<set>/npy/*.npy; default: the sets shipped with diffem)")
     p.add_argument("--crop", type=int, default=None, help="centre-crop size (0 = whole images; default 256)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images (sorted by name)")
+    p.add_argument("--skip", type=int, default=None, help="skip the first N images (sorted by name; default 0)")
     p.add_argument("--steps", type=int, default=None, help="diffusion steps (default: each method's own)")
     p.add_argument("--prior", default="default", help="prior name or checkpoint (default 'default')")
     p.add_argument("--seed", type=int, default=0)
@@ -85,6 +93,8 @@ def run_bench(args) -> int:
     for name, value in preset.items():   # what the command line leaves unset
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.skip < 0:
+        raise ValueError(f"--skip: expected >= 0, got {args.skip}")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit: expected a positive integer, got {args.limit}")
     if args.steps is not None and args.steps < 1:
@@ -92,7 +102,7 @@ def run_bench(args) -> int:
     if args.crop < 0:
         raise ValueError(f"--crop: expected >= 0, got {args.crop}")
     cfg = BenchConfig(dataset=args.dataset, out=args.out, methods=args.methods, sigmas=args.sigmas,
-                      kernels=args.kernels, crop=args.crop or None, limit=args.limit, steps=args.steps,
+                      kernels=args.kernels, crop=args.crop or None, limit=args.limit, skip=args.skip, steps=args.steps,
                       prior=args.prior, seed=args.seed, boundary=args.boundary, device=args.device,
                       shard=args.shard, kernel_root=args.kernel_root, save_outputs=not args.no_save_outputs,
                       no_reference=not args.no_reference_metrics, error_ratio=not args.no_error_ratio,

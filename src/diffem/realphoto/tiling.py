@@ -168,18 +168,27 @@ def _blend_weights(n: int, overlap: int, first: bool, last: bool) -> torch.Tenso
     return w
 
 
-def _starts(n: int, tile: int, step: int) -> list[int]:
-    if n <= tile:
-        return [0]
-    s = list(range(0, n - tile, step))
-    return s + [n - tile]
+TILE_STRETCH = 1.25   # a tile may grow by this much when that saves a row or column of tiles
+
+
+def tile_spans(n: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """(starts, size) of the tiles along an axis of n px: the fewest tiles of at most
+    ``TILE_STRETCH``·tile px that cover it with ``overlap`` px shared by neighbours, all of one size
+    and evenly spaced (fixed-size tiles waste up to a tile's width on the last one)."""
+    largest = max(int(TILE_STRETCH * tile), 2 * overlap + 1)
+    if n <= largest:
+        return [0], n
+    count = math.ceil((n - overlap) / (largest - overlap))
+    size = math.ceil((n + (count - 1) * overlap) / count)
+    return [round(i * (n - size) / (count - 1)) for i in range(count)], size
 
 
 def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | None, tile: int = 512,
               overlap: int = 32, context: int = 33, multiple: int = 1, progress: bool = True,
               desc: str = "restoring tiles", edge_fn: Callable | None = None,
               aux: torch.Tensor | None = None) -> torch.Tensor:
-    """Apply ``fn`` ((1,C,h,w) periodic image -> same shape) to overlapping tiles of (C,H,W) ``y``.
+    """Apply ``fn`` ((1,C,h,w) periodic image -> same shape) to overlapping tiles of (C,H,W) ``y``
+    (about ``tile`` px each: ``tile_spans``).
 
     Each tile is taken with ``context`` pixels of surrounding photo (fewer at the photo's edges),
     periodically extended by ``context`` (+ rounding to ``multiple``), restored, cropped to the
@@ -191,17 +200,13 @@ def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | None
     and passed to ``edge_fn`` as its second argument. Returns (C,H,W) float32.
     """
     C, H, W = y.shape
-    tile = max(int(tile), 2 * overlap + 1)
-    step = tile - overlap
-    tops, lefts = _starts(H, tile, step), _starts(W, tile, step)
+    (tops, th), (lefts, tw) = tile_spans(H, tile, overlap), tile_spans(W, tile, overlap)
     out = torch.zeros(C, H, W, dtype=torch.float32)
     wsum = torch.zeros(H, W, dtype=torch.float32)
     bar = tqdm(total=len(tops) * len(lefts), desc=desc, disable=not progress or len(tops) * len(lefts) == 1,
                leave=False)
     for i, t in enumerate(tops):
-        th = min(tile, H - t)
         for j, l in enumerate(lefts):
-            tw = min(tile, W - l)
             t0, l0 = max(t - context, 0), max(l - context, 0)
             t1, l1 = min(t + th + context, H), min(l + tw + context, W)
             piece = y[None, :, t0:t1, l0:l1].float()
