@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffem.blind.multiscale import DEFAULTS, default_lam, estimate_kernel_multiscale, fitted_size, pyramid
-from diffem.blind.safeguard import check_kernel
+from diffem.blind.safeguard import check_kernel, no_blur_reference
 from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.denoisers import load_denoiser
 from diffem.metrics import error_ratio
@@ -165,6 +165,11 @@ def test_safeguard_flags_a_wrong_kernel_and_trusts_the_right_one():
     assert check_kernel(y, None, Blur(k, sigma), den)["residual_ratio"] == verdicts["true"]["residual_ratio"]  # x made here
     assert not verdicts["rotated"]["kernel_trusted"] and not verdicts["other"]["kernel_trusted"]
     assert _psnr(verdicts["true"]["fallback_image"], x) > _psnr(y, x)   # the fallback: y denoised
+    # the no-blur reference depends on the kernel's size only: made once, it gives the same verdicts
+    no_blur = no_blur_reference(y, Blur(k, sigma), den)
+    assert no_blur[1] == verdicts["rotated"]["residual_ratio_no_blur"]
+    again = check_kernel(y, None, Blur(torch.rot90(k, 1, (0, 1)), sigma), den, no_blur=no_blur)
+    assert again["residual_ratio"] == verdicts["rotated"]["residual_ratio"] and not again["kernel_trusted"]
 
 
 def test_hybrid_prior_takes_ffdnet_below_its_noise_range_and_the_unet_above():

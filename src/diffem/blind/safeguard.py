@@ -33,19 +33,28 @@ def residual_ratio(y: torch.Tensor, x: torch.Tensor, physics) -> float:
 
 
 @torch.no_grad()
+def no_blur_reference(y: torch.Tensor, physics, denoiser, **pnp_settings) -> tuple[torch.Tensor, float]:
+    """The no-blur hypothesis of ``check_kernel`` for y under ``physics`` (only its boundary, trusted
+    pixels, σ and kernel size matter): y restored with k = δ at the check's σ (y denoised, on y's grid,
+    on [0, 1]: the fallback) and its residual ratio r₀. The same for every kernel of that size."""
+    physics = physics.with_sigma(max(physics.sigma, SIGMA_CHECK))
+    no_blur_physics = physics.with_kernel(delta_kernel(physics.kernel.shape[-1], device=y.device))
+    x0 = pnp_hqs(y, no_blur_physics, denoiser, **pnp_settings)
+    return no_blur_physics.crop(x0).clamp(0, 1), residual_ratio(y, x0, no_blur_physics)
+
+
+@torch.no_grad()
 def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, limit: float = RELATIVE_LIMIT,
-                 **pnp_settings) -> dict:
+                 no_blur: tuple[torch.Tensor, float] | None = None, **pnp_settings) -> dict:
     """Is ``physics.kernel`` trusted, given its PnP restoration x (on the canvas) of y (None: made
-    here)? Returns the verdict, both residual ratios, the restoration the verdict is about and the
-    no-blur one (both on y's grid, on [0, 1]; the latter, at the check's σ, is the fallback)."""
+    here)? ``no_blur``: ``no_blur_reference``'s result when already made. Returns the verdict, both
+    residual ratios, the restoration the verdict is about and the no-blur one (both on y's grid, on
+    [0, 1]; the latter, at the check's σ, is the fallback)."""
     if physics.sigma < SIGMA_CHECK:    # both hypotheses at the check's noise floor
         physics, x = physics.with_sigma(SIGMA_CHECK), None
     if x is None:
         x = pnp_hqs(y, physics, denoiser, **pnp_settings)
     r = residual_ratio(y, x, physics)
-    no_blur_physics = physics.with_kernel(delta_kernel(physics.kernel.shape[-1], device=y.device))
-    x0 = pnp_hqs(y, no_blur_physics, denoiser, **pnp_settings)
-    r0 = residual_ratio(y, x0, no_blur_physics)
+    fallback, r0 = no_blur_reference(y, physics, denoiser, **pnp_settings) if no_blur is None else no_blur
     return {"kernel_trusted": bool(r <= limit * r0), "residual_ratio": r, "residual_ratio_no_blur": r0,
-            "residual_limit": limit, "restored_image": physics.crop(x).clamp(0, 1),
-            "fallback_image": no_blur_physics.crop(x0).clamp(0, 1)}
+            "residual_limit": limit, "restored_image": physics.crop(x).clamp(0, 1), "fallback_image": fallback}

@@ -33,7 +33,7 @@ import torch
 
 import diffem
 from diffem.blind.pipeline import estimate_kernel_denoised, predenoise
-from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel
+from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel, no_blur_reference
 from diffem.denoisers import load_denoiser
 from diffem.metrics.no_reference import gradient_sparsity
 from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
@@ -81,16 +81,29 @@ def _scoring_crop(region, size: int, ksize: int):
     return y[..., t:t + size, l:l + size], trusted[t:t + size, l:l + size]
 
 
-def _score_on(kernel, regions, sigma, den, size: int = SCORE_SIZE) -> tuple[float, float]:
-    """Means over the regions (their most informative size×size) of the safeguard's r(k̂)/r(δ) (how much
-    worse than 'no blur' the kernel explains them) and of its restoration's gradient sparsity."""
-    ratios, sparsity = [], []
-    for y, trusted in (_scoring_crop(r, size, kernel.shape[-1]) for r in regions):
-        physics = Blur.for_measurement(y, kernel, sigma, "valid", trusted=trusted)
-        verdict = check_kernel(y, None, physics, den)
-        ratios.append(verdict["residual_ratio"] / max(verdict["residual_ratio_no_blur"], 1e-12))
-        sparsity.append(float(gradient_sparsity(verdict["restored_image"])))
-    return sum(ratios) / len(ratios), sum(sparsity) / len(sparsity)
+class _Scorer:
+    """Scores kernels on regions (their most informative SCORE_SIZE² crop): the means of the safeguard's
+    r(k̂)/r(δ) (how much worse than 'no blur' a kernel explains them) and of its restoration's gradient
+    sparsity. The crop and its no-blur restoration depend only on the region and the kernel's size:
+    each is made once."""
+
+    def __init__(self, regions, sigma: float, den, size: int = SCORE_SIZE):
+        self.regions, self.sigma, self.den, self.size, self.cache = regions, sigma, den, size, {}
+
+    def __call__(self, kernel, indices) -> tuple[float, float]:
+        ratios, sparsity = [], []
+        for i in indices:
+            key = (i, kernel.shape[-1])
+            if key not in self.cache:
+                y, trusted = _scoring_crop(self.regions[i], self.size, kernel.shape[-1])
+                physics = Blur.for_measurement(y, kernel, self.sigma, "valid", trusted=trusted)
+                self.cache[key] = y, trusted, no_blur_reference(y, physics, self.den)
+            y, trusted, no_blur = self.cache[key]
+            physics = Blur.for_measurement(y, kernel, self.sigma, "valid", trusted=trusted)
+            verdict = check_kernel(y, None, physics, self.den, no_blur=no_blur)
+            ratios.append(verdict["residual_ratio"] / max(verdict["residual_ratio_no_blur"], 1e-12))
+            sparsity.append(float(gradient_sparsity(verdict["restored_image"])))
+        return sum(ratios) / len(ratios), sum(sparsity) / len(sparsity)
 
 
 def _choose(scores: list[tuple[float, float]]) -> int:
@@ -187,14 +200,15 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         candidates = [("multiscale", n) for n in sizes] + [("l0-nnls", ksize)]
         denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
         found = [estimate(regions[0], c, denoised) for c in candidates]
-        scores = [_score_on(k.to(dev), regions[:1], sigma_r, den) for k in found]
+        score = _Scorer(regions, sigma_r, den)
+        scores = [score(k.to(dev), [0]) for k in found]
         pick = _choose(scores)
         info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
                               for (e, n), (r, g) in zip(candidates, scores)]
         info["estimator"] = candidates[pick][0]
         kernels = [found[pick]] + [estimate(r, candidates[pick]) for r in regions[1:]]
         if len(kernels) > 1:   # each kernel judged on the windows it was not estimated on
-            scores_out = [_score_on(k.to(dev), [r for j, r in enumerate(regions) if j != i], sigma_r, den)[0]
+            scores_out = [score(k.to(dev), [j for j in range(len(regions)) if j != i])[0]
                           for i, k in enumerate(kernels)]
             best = min(range(len(kernels)), key=scores_out.__getitem__)
             info["window_scores"] = scores_out
@@ -222,7 +236,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     # 5. the safeguard, before the restoration: it decides which one
     t = time.perf_counter()
     own_score = (scores[pick][0] if multiscale and best == 0 else
-                 _score_on(kernel.to(dev), [regions[best]], sigma_r, den)[0])
+                 (score if multiscale else _Scorer(regions, sigma_r, den))(kernel.to(dev), [best])[0])
     # trusted only if it explains its own window and (when there are others) the windows it never saw
     held_out = info["window_scores"][best] if "window_scores" in info else own_score
     trusted_kernel = max(own_score, held_out) <= RELATIVE_LIMIT
