@@ -106,6 +106,15 @@ class _Scorer:
         return sum(ratios) / len(ratios), sum(sparsity) / len(sparsity)
 
 
+def kernel_candidates(ksize: int, auto_size: bool) -> list[tuple[str, int]]:
+    """Step 3's candidate (estimator, support) pairs, tried on the best window: diffem's multiscale stage
+    (tuned on ≤ 33 px kernels; reliable only with a support close to the blur's size, so kernel_size="auto"
+    tries 25, 45 and the cap) and the ℓ0-NNLS scheme at the largest support (it finds the long
+    trajectories the other loses)."""
+    sizes = [n for n in AUTO_SIZES if n < ksize] + [ksize] if auto_size else [ksize]
+    return [("multiscale", n) for n in sizes] + [("l0-nnls", ksize)]
+
+
 def _choose(scores: list[tuple[float, float]]) -> int:
     """The candidate kernel to keep: among those whose r/r₀ is within ``RATIO_GATE`` of the best one's
     (the others fit the data clearly worse) and below 1 (better than 'no blur' at all; if none is, the
@@ -193,11 +202,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
             v = predenoise(region[0], sigma_k, den) if denoised is None else denoised
             return estimate_kernel_denoised(v, sigma_k, size, boundary, region[1], estimator,
                                             **(settings if estimator == "multiscale" else {}))
-        # the candidates, on the best window: diffem's multiscale stage (tuned on ≤ 33 px kernels; reliable
-        # only with a support close to the blur's size, so kernel_size="auto" tries 25, 45 and the cap) and
-        # the ℓ0-NNLS scheme at the largest support (it finds the long trajectories the other loses)
-        sizes = [n for n in AUTO_SIZES if n < ksize] + [ksize] if auto_size else [ksize]
-        candidates = [("multiscale", n) for n in sizes] + [("l0-nnls", ksize)]
+        candidates = kernel_candidates(ksize, auto_size)
         denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
         found = [estimate(regions[0], c, denoised) for c in candidates]
         score = _Scorer(regions, sigma_r, den)
