@@ -9,7 +9,9 @@ and of the noise model, so the test is relative, r ≤ ``limit``·r₀, and its 
 
 Both restorations are made at σ_c = max(σ, 2/255): at σ ≈ 1/255 the denoiser leaves y almost
 untouched, r₀ falls to ≈ 0.8 and even the true kernel's r/r₀ reaches 1.25 (Lai16 dev photos); at
-2/255 the true kernels score 0.84–0.93 there and the harmful kernels ≥ 1.09.
+2/255 the true kernels score 0.84–0.93 there and the harmful kernels ≥ 1.09. (On the 384² scoring crops
+of all 20 dev photos the true kernels score 0.82–0.98, except two at 1.12 and 1.76, which this test would
+reject: docs/benchmarks/realphoto.md, session 6.)
 
 Calibrated on the tuning split (32 items; docs/benchmarks/kernel-estimation.md): with the estimated,
 true, 1.5×-dilated, rotated and foreign kernels, r/r₀ > 1.05 caught 71 of the 85 restorations worse
