@@ -66,3 +66,26 @@ def test_shifted_psnr_matches_the_direct_search():
                  for i in range(-s, s + 1) for j in range(-s, s + 1))
     p, arg = dev.shifted_psnr(img, ref, s)
     assert arg == direct[1] and abs(p - direct[0]) < 1e-3
+
+
+def test_candidates_scores_the_pipeline_candidates_and_the_true_kernel(tmp_path, capsys):
+    sharp, kern = tmp_path / "sharp", tmp_path / "kernels"
+    sharp.mkdir(), kern.mkdir()
+    rng = np.random.default_rng(3)
+    blocks = np.kron(rng.random((12, 12, 3)), np.ones((10, 10, 1)))   # piecewise-constant: edges to deblur
+    Image.fromarray((blocks * 255).astype(np.uint8)).save(sharp / "manmade_01.png")
+    line = np.zeros((7, 7), np.float32)
+    line[3] = 1 / 7
+    np.save(kern / "kernel_01.npy", line)
+    data, out = tmp_path / "dev", tmp_path / "cand.jsonl"
+    assert dev.main(["make", "--out", str(data), "--sharp", str(sharp), "--kernels", str(kern), "--limit", "1",
+                     "--crop", "96"]) == 0
+    argv = ["candidates", "--data", str(data), "--out", str(out), "--threads", "1", "--shift", "4"]
+    assert dev.main(argv) == 0 and dev.main(argv) == 0   # the second run only prints: resumable
+    rows = [json.loads(r) for r in out.read_text().splitlines()]
+    assert len(rows) == 1
+    scores = rows[0]["scores"]
+    assert set(scores) == {"multiscale-25", "l0-nnls-25", "true"} and rows[0]["choice"] in scores
+    assert scores["true"]["psnr"] > rows[0]["psnr_in"] + 3    # the true kernel deblurs
+    assert "true kernel" in capsys.readouterr().out
+    assert dev.main(["candidates", "--data", str(tmp_path / "none"), "--out", str(out)]) == 2
