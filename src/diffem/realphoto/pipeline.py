@@ -194,6 +194,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                for tp, lf, h, w in boxes]
     t = time.perf_counter()
     samples, res = None, None
+    score = _Scorer(regions, sigma_r, den)
     if multiscale:
         settings = dict(options.pop("kernel_settings", {}))
 
@@ -205,7 +206,6 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         candidates = kernel_candidates(ksize, auto_size)
         denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
         found = [estimate(regions[0], c, denoised) for c in candidates]
-        score = _Scorer(regions, sigma_r, den)
         scores = [score(k.to(dev), [0]) for k in found]
         pick = _choose(scores)
         info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
@@ -241,7 +241,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     # 5. the safeguard, before the restoration: it decides which one
     t = time.perf_counter()
     own_score = (scores[pick][0] if multiscale and best == 0 else
-                 (score if multiscale else _Scorer(regions, sigma_r, den))(kernel.to(dev), [best])[0])
+                 score(kernel.to(dev), [best])[0])
     # trusted only if it explains its own window and (when there are others) the windows it never saw
     held_out = info["window_scores"][best] if "window_scores" in info else own_score
     trusted_kernel = max(own_score, held_out) <= RELATIVE_LIMIT
