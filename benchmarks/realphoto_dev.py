@@ -71,6 +71,14 @@ def need_dir(path, what: str) -> Path:
     return p
 
 
+def read_manifest(path) -> tuple[Path, dict]:
+    """(the dev-set folder --data, its manifest.json)."""
+    data = need_dir(path, "--data")
+    if not (data / "manifest.json").exists():
+        raise UsageError(f"--data: {str(data)!r} has no manifest.json (make it with `realphoto_dev.py make`)")
+    return data, json.loads((data / "manifest.json").read_text())
+
+
 def out_dir(path, what: str) -> Path:
     p = Path(path)
     if p.resolve() == SHARED.resolve() or SHARED.resolve() in p.resolve().parents:
@@ -229,10 +237,7 @@ def run_method(method: str, p: dict, data: Path, res: Path, args) -> tuple[dict,
 
 
 def score(args) -> int:
-    data = need_dir(args.data, "--data")
-    if not (data / "manifest.json").exists():
-        raise UsageError(f"--data: {str(data)!r} has no manifest.json (make it with `realphoto_dev.py make`)")
-    manifest = json.loads((data / "manifest.json").read_text())
+    data, manifest = read_manifest(args.data)
     res = out_dir(args.out, "--out")
     os.makedirs(res, exist_ok=True)
     rows_path = res / "rows.jsonl"
@@ -271,18 +276,14 @@ def candidates(args) -> int:
     from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size, kernel_candidates
     from diffem.realphoto.tiling import informative_windows, saturated
 
-    torch.set_num_threads(args.threads)
-    data = need_dir(args.data, "--data")
-    if not (data / "manifest.json").exists():
-        raise UsageError(f"--data: {str(data)!r} has no manifest.json (make it with `realphoto_dev.py make`)")
-    out = Path(args.out)
+    data, manifest = read_manifest(args.data)
+    out = out_dir(args.out, "--out")
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {str(out.parent)!r} does not exist")
     done = {json.loads(line)["name"] for line in open(out)} if out.exists() else set()
     den = load_denoiser("ffdnet")
     to_hwc = lambda img: img[0].permute(1, 2, 0).numpy()   # noqa: E731
-    for p in tqdm([p for p in json.loads((data / "manifest.json").read_text())["pairs"][:args.limit]
-                   if p["name"] not in done], desc="candidates"):
+    for p in tqdm([p for p in manifest["pairs"][:args.limit] if p["name"] not in done], desc="candidates"):
         y = torch.from_numpy(read_rgb(data / p["blurry"])).permute(2, 0, 1).float()
         gt = read_rgb(data / p["sharp"])
         sigma = float(estimate_sigma(y, method="pca"))
@@ -310,8 +311,7 @@ def candidates(args) -> int:
                 psnr=shifted_psnr(to_hwc(verdict["restored_image"]), gtc, args.shift)[0])
         names = [n for n in row["scores"] if n != "true"]
         row["choice"] = names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names])]
-        with open(out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_row(out, row)
     rows = [json.loads(line) for line in open(out)]
     gain = lambda r, n: r["scores"][n]["psnr"] - r["psnr_in"]   # noqa: E731
     print("| photo | kernel | " + " | ".join(n for n in rows[0]["scores"]) + " | choice |")
