@@ -2,11 +2,15 @@
 
     python benchmarks/image_stage.py denoise [--data DIR] [--limit 6]   # FFDNet vs the default prior's x̂0
     python benchmarks/image_stage.py speed [--sizes 256,512,1024]        # PnP-HQS time and peak memory
+    python benchmarks/image_stage.py first-cg --dev runs/realphoto_dev [--names a,b] [--cg 8,64]
 
 ``denoise``: centre 256² crops of the first CBSD68 images, Gaussian noise σ ∈ {15, 25, 50}/255
 (seed 0), PSNR of each denoiser's output. ``speed``: ``diffem.restore(method="pnp")`` on random
 images with a 33×33 kernel, circular and valid, each size in a fresh subprocess (so that its peak
 RSS is its own), median of 3 runs after one warm-up; 2 torch threads unless ``--threads``.
+``first-cg``: PnP-HQS with the *true* kernel on the most informative 384² crop of photo dev-set pairs
+(``benchmarks/realphoto_dev.py make``; 'valid', saturated pixels untrusted, σ estimated as the CLI does),
+for several CG iteration counts of the first data step; PSNR after the best shift within ±16 px.
 Prints markdown tables and one JSON line each.
 """
 from __future__ import annotations
@@ -79,12 +83,57 @@ def speed(args):
     print(json.dumps({"bench": "pnp_speed", "rows": rows}))
 
 
+def first_cg(args):
+    import numpy as np
+
+    sys.path.insert(0, str(HERE))
+    from realphoto_dev import read_manifest, read_rgb, shifted_psnr
+
+    from diffem.denoisers import load_denoiser
+    from diffem.physics import Blur
+    from diffem.pnp import pnp_hqs
+    from diffem.realphoto.noise import estimate_sigma
+    from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR
+    from diffem.realphoto.tiling import informative_windows, saturated
+
+    torch.set_num_threads(args.threads)
+    data, manifest = read_manifest(args.dev)
+    counts = [int(c) for c in args.cg.split(",")]
+    names = args.names.split(",") if args.names else None
+    den = load_denoiser("ffdnet")
+    to_hwc = lambda img: img[0].permute(1, 2, 0).numpy()   # noqa: E731
+    print("| photo | kernel | input | " + " | ".join(f"first step {n} CG" for n in counts) + " |")
+    print("|---" * (len(counts) + 3) + "|")
+    for p in manifest["pairs"]:
+        if names is not None and p["name"] not in names:
+            continue
+        y = torch.from_numpy(read_rgb(data / p["blurry"])).permute(2, 0, 1).float()
+        gt = read_rgb(data / p["sharp"])
+        k = torch.from_numpy(np.load(data / p["kernel_npy"])).float()
+        sigma = max(float(estimate_sigma(y, method="pca")), SIGMA_FLOOR)
+        trusted = ~saturated(y, 3, 0.98)
+        (t, l), = informative_windows(y, SCORE_SIZE, k.shape[-1], 1)
+        box = (slice(t, t + SCORE_SIZE), slice(l, l + SCORE_SIZE))
+        yc, gtc = y[None][..., box[0], box[1]], gt[box[0], box[1]]
+        physics = Blur.for_measurement(yc, k, sigma, "valid", trusted=trusted[box])
+        row = dict(photo=p["name"], kernel_size=p["kernel_size"], psnr_in=shifted_psnr(to_hwc(yc), gtc, 16)[0])
+        for n in counts:
+            x = physics.crop(pnp_hqs(yc, physics, den, first_cg_iters=n)).clamp(0, 1)
+            row[f"cg{n}"] = shifted_psnr(to_hwc(x), gtc, 16)[0]
+        print(f"| {p['name']} | {p['kernel_size']} | {row['psnr_in']:.2f} | "
+              + " | ".join(f"{row[f'cg{n}']:.2f}" for n in counts) + " |", flush=True)
+        print(json.dumps(row), file=sys.stderr)
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "_one":
         print(json.dumps(_one_size(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", choices=["denoise", "speed"])
+    ap.add_argument("which", choices=["denoise", "speed", "first-cg"])
+    ap.add_argument("--dev", default="runs/realphoto_dev", help="first-cg: a photo dev set (realphoto_dev.py make)")
+    ap.add_argument("--names", default=None, help="first-cg: comma-separated pair names (default: all)")
+    ap.add_argument("--cg", default="8,64", help="first-cg: CG iteration counts of the first data step")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--limit", type=int, default=6)
     ap.add_argument("--sizes", default="256,512,1024")
@@ -92,7 +141,7 @@ def main():
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         sys.exit(f"image_stage: --data {args.data!r} is not a folder")
-    {"denoise": denoise, "speed": speed}[args.which](args)
+    {"denoise": denoise, "speed": speed, "first-cg": first_cg}[args.which](args)
 
 
 if __name__ == "__main__":
