@@ -17,9 +17,8 @@ Calibrated on the tuning split (32 items; docs/benchmarks/kernel-estimation.md):
 true, 1.5×-dilated, rotated and foreign kernels, r/r₀ > 1.05 caught 71 of the 85 restorations worse
 than their input and flagged none of the 75 better ones (the worst good estimate: 1.043).
 Those restorations (and the photo dev set's candidate choice, which uses the same ratio) were made with
-8 CG iterations in every 'valid' data step, so the check keeps that (``CHECK_PNP``), whatever the final
-restoration uses: with the accurate first step of ``pnp.FIRST_CG_ITERS`` in the scoring too, one dev photo
-chose a near-δ kernel (r/r₀ 0.999) and lost 0.81 dB (session 7).
+8 CG iterations in every 'valid' data step, so the check keeps that (``CHECK_PNP``) whatever the written
+restoration uses (``pnp.FIRST_CG_ITERS`` in its first step).
 """
 from __future__ import annotations
 
