@@ -12,8 +12,8 @@ canvas larger than y by ⌊k/2⌋; conjugate-gradient data step, ``Blur.prox``).
 The first data step decides the basin: its ρ₁ = λσ²/σ₁² is tiny (a near-deconvolution), it starts from y
 padded by replication, and the strong denoiser after it cannot undo its error, so it gets
 ``FIRST_CG_ITERS`` CG iterations; the later ones (larger ρ, warm-started) need only ``CG_ITERS``. With
-the true kernel on the photo dev set's 384² crops (σ ≈ 1/255, 31–75 px): +0.4 to +2.1 dB over 8 iterations
-everywhere; 32 in the later steps changed nothing on 3 of them (docs/benchmarks/image-stage.md, session 7).
+the true kernel on 384² crops of four photo dev-set pairs (σ ≈ 1/255, 31–75 px): +0.36 to +2.13 dB over 8
+iterations everywhere; 32 in the later steps changed nothing (docs/benchmarks/image-stage.md, session 7).
 """
 from __future__ import annotations
 
