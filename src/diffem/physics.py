@@ -49,6 +49,8 @@ import torch.nn.functional as F
 
 from diffem.measurement import check_boundary
 
+CG_ITERS = 8   # CG iterations of a data step without a closed form ('valid', untrusted pixels)
+
 
 def kernel_to_otf(kernel: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """Transfer function (rfft2) of a (…, k, k) kernel for (H, W) images: (…, H, W//2+1) complex."""
@@ -216,7 +218,7 @@ class Blur:
         sigma2 = max(self.sigma, 1e-8) ** 2
         return torch.fft.irfft2(K.conj() * (Y - K * X) / (r2 * K.abs() ** 2 + sigma2), s=x.shape[-2:])
 
-    def prox(self, v: torch.Tensor, y: torch.Tensor, rho: float, cg_iters: int = 8) -> torch.Tensor:
+    def prox(self, v: torch.Tensor, y: torch.Tensor, rho: float, cg_iters: int = CG_ITERS) -> torch.Tensor:
         """argmin_x ‖y − A x‖² + ρ‖x − v‖² over the trusted pixels, x and v on the canvas. Circular:
         (K̄Y + ρV)/(|K|² + ρ) in Fourier. Valid (or untrusted pixels): (AᵀWA + ρ)x = AᵀWy + ρv by
         conjugate gradients from v, preconditioned with the circular solve (the operators differ only

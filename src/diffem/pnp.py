@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffem.physics import CG_ITERS
+
 SIGMA_START = 49 / 255
 LAMBDA = 0.23
 ITERATIONS = 8
-CG_ITERS = 8           # CG iterations of a data step without a closed form ('valid', untrusted pixels)
-FIRST_CG_ITERS = 64    # … of the first one (see above)
+FIRST_CG_ITERS = 64   # CG iterations of the first data step (the others: physics.CG_ITERS; see above)
 
 
 def pnp_schedule(sigma: float, iters: int = ITERATIONS, sigma_start: float = SIGMA_START,
@@ -48,4 +49,4 @@ def pnp_hqs(y: torch.Tensor, physics, denoiser, *, iters: int = ITERATIONS, sigm
     return x
 
 
-__all__ = ["CG_ITERS", "FIRST_CG_ITERS", "pnp_hqs", "pnp_schedule"]
+__all__ = ["FIRST_CG_ITERS", "pnp_hqs", "pnp_schedule"]

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from diffem.physics import delta_kernel
-from diffem.pnp import CG_ITERS, pnp_hqs
+from diffem.physics import CG_ITERS, delta_kernel
+from diffem.pnp import pnp_hqs
 
 RELATIVE_LIMIT = 1.05
 SIGMA_CHECK = 2 / 255     # the check's noise floor (see above)
