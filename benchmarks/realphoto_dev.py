@@ -271,7 +271,7 @@ def candidates(args) -> int:
     from diffem.blind.safeguard import check_kernel, no_blur_reference
     from diffem.denoisers import load_denoiser
     from diffem.metrics.no_reference import gradient_sparsity
-    from diffem.physics import Blur
+    from diffem.physics import Blur, delta_kernel
     from diffem.realphoto.noise import estimate_sigma
     from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size, kernel_candidates
     from diffem.realphoto.tiling import informative_windows, saturated
@@ -297,19 +297,21 @@ def candidates(args) -> int:
         (t, l), = informative_windows(y, SCORE_SIZE, ksize, 1)
         yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], trusted[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
             gt[t:t + SCORE_SIZE, l:l + SCORE_SIZE]
-        no_blur = {}
+        # the pipeline's _Scorer: the same crop and no-blur reference for every kernel
+        no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(ksize), sigma_r, "valid", trusted=tc), den)
         row = dict(name=p["name"], kernel_size=p["kernel_size"], sigma_255=sigma * 255,
                    psnr_in=shifted_psnr(to_hwc(yc), gtc, args.shift)[0], scores={})
         for label, k in kernels.items():
             physics = Blur.for_measurement(yc, k, sigma_r, "valid", trusted=tc)
-            if k.shape[-1] not in no_blur:
-                no_blur[k.shape[-1]] = no_blur_reference(yc, physics, den)
-            verdict = check_kernel(yc, None, physics, den, no_blur=no_blur[k.shape[-1]])
+            verdict = check_kernel(yc, None, physics, den, no_blur=no_blur)
             row["scores"][label] = dict(
                 ratio=verdict["residual_ratio"] / verdict["residual_ratio_no_blur"],
                 sparsity=float(gradient_sparsity(verdict["restored_image"])),
                 psnr=shifted_psnr(to_hwc(verdict["restored_image"]), gtc, args.shift)[0])
-        names = [n for n in row["scores"] if n != "true"]
+        fallback = no_blur[0]   # 'no blur' (the safeguard's fallback: the photo denoised)
+        row["scores"]["none"] = dict(ratio=1.0, sparsity=float(gradient_sparsity(fallback)),
+                                     psnr=shifted_psnr(to_hwc(fallback), gtc, args.shift)[0])
+        names = [n for n in row["scores"] if n not in ("true", "none")]
         row["choice"] = names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names])]
         append_row(out, row)
     rows = [json.loads(line) for line in open(out)]
@@ -320,7 +322,7 @@ def candidates(args) -> int:
         print(f"| {r['name']} | {r['kernel_size']} | " + " | ".join(
             f"{gain(r, n):+.2f} ({s['ratio']:.2f}, {s['sparsity']:.3f})" for n, s in r["scores"].items())
             + f" | {r['choice']} |")
-    best = [max(gain(r, n) for n in r["scores"] if n != "true") for r in rows]
+    best = [max(gain(r, n) for n in r["scores"] if n not in ("true", "none")) for r in rows]
     print(f"\ncrop gain, mean over {len(rows)} photos: choice {_mean([gain(r, r['choice']) for r in rows]):+.2f} dB, "
           f"best candidate {_mean(best):+.2f}, true kernel {_mean([gain(r, 'true') for r in rows]):+.2f}; "
           f"photos where no candidate gains 0.5 dB: {sum(b < 0.5 for b in best)}; "

@@ -231,7 +231,7 @@ def test_deblur_photo_default_method_whole_photo():
 
 
 def test_candidate_choice_gates_on_data_fit_then_takes_the_sparsest():
-    from diffem.realphoto.pipeline import RATIO_GATE, _choose
+    from diffem.realphoto.pipeline import BLUR_EVIDENCE, RATIO_GATE, _choose
 
     # (r/r₀, gradient sparsity): the sparsest restoration (2) fits the data clearly worse than the best (0)
     scores = [(0.90, 0.70), (0.90 * RATIO_GATE * 0.999, 0.60), (0.90 * RATIO_GATE * 1.001, 0.10)]
@@ -239,6 +239,8 @@ def test_candidate_choice_gates_on_data_fit_then_takes_the_sparsest():
     assert _choose([(1.3, 0.5)]) == 0 and _choose([(1.0, 0.5), (0.5, 0.9)]) == 1
     # a kernel that explains the data worse than 'no blur' loses to one that explains it better
     assert _choose([(1.01, 0.5), (0.97, 0.6)]) == 1 and _choose([(1.01, 0.5), (1.02, 0.4)]) == 1
+    # … and so does one that explains it barely better than 'no blur' (the wrong 25 px kernel of a dev photo)
+    assert _choose([(BLUR_EVIDENCE + 0.005, 0.55), (BLUR_EVIDENCE - 0.03, 0.63)]) == 1
 
 
 def test_deblur_photo_windowed_paths_of_a_diffusion_method():
