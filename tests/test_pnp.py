@@ -139,21 +139,25 @@ def _dense(physics, shape):
     return torch.stack(cols, 1)
 
 
-@pytest.mark.parametrize("boundary", ["circular", "valid"])
-def test_blur_prox_solves_the_data_step_exactly(boundary):
-    """argmin ‖y − A x‖² + ρ‖x − v‖², i.e. (AᵀA + ρ) x = Aᵀy + ρ v, against a dense solve: closed form
-    (circular) and preconditioned CG on the exact non-circular model (valid)."""
+@pytest.mark.parametrize("boundary, size, untrusted", [("circular", (10, 12), False), ("valid", (10, 12), False),
+                                                      ("valid", (9, 11), True), ("circular", (9, 11), True)])
+def test_blur_prox_solves_the_data_step_exactly(boundary, size, untrusted):
+    """argmin ‖y − A x‖²_W + ρ‖x − v‖², i.e. (AᵀWA + ρ) x = AᵀWy + ρ v, against a dense solve: closed form
+    (circular, all pixels trusted) and CG on the spectra otherwise (the exact non-circular model, untrusted
+    pixels; 9×11 gives a 14×15 canvas: an odd width, where the half spectrum's last column is not doubled)."""
     g = torch.Generator().manual_seed(3)
     k = torch.rand(5, 5, generator=g, dtype=torch.float64)
     k = k / k.sum()
-    y = torch.rand(1, 1, 10, 12, generator=g, dtype=torch.float64)
-    physics = Blur.for_measurement(y, k, 0.1, boundary)
+    y = torch.rand(1, 1, *size, generator=g, dtype=torch.float64)
+    trusted = torch.rand(size, generator=g) > 0.3 if untrusted else None
+    physics = Blur.for_measurement(y, k, 0.1, boundary, trusted=trusted)
     shape = physics.canvas(y).shape[-2:]
     A = _dense(physics, shape)
+    weight = torch.ones(y.numel(), dtype=torch.float64) if trusted is None else trusted.reshape(-1).double()
     v = torch.rand(1, 1, *shape, generator=g, dtype=torch.float64)
     rho = 0.05
-    dense = torch.linalg.solve(A.T @ A + rho * torch.eye(A.shape[1], dtype=torch.float64),
-                               A.T @ y.reshape(-1) + rho * v.reshape(-1))
+    dense = torch.linalg.solve(A.T @ (weight[:, None] * A) + rho * torch.eye(A.shape[1], dtype=torch.float64),
+                               A.T @ (weight * y.reshape(-1)) + rho * v.reshape(-1))
     torch.testing.assert_close(physics.prox(v, y, rho, cg_iters=200).reshape(-1), dense, rtol=1e-6, atol=1e-8)
     if boundary == "valid":   # the model is the non-circular convolution of the scene around y
         top, left, h, w = physics.box

@@ -291,3 +291,19 @@ def test_valid_model_deconvolution_matches_the_circular_case():
     padded = _psnr(crop(wiener_deconv(p, k, s), box), truth)
     valid = _psnr(deconv_valid(y_valid, k, s, iters=60), truth)
     assert valid > circ - 0.5 and valid > padded + 1, (circ, padded, valid)
+
+
+@pytest.mark.parametrize("ksize", [3, 25, 75])
+def test_saturated_is_the_square_dilation_of_the_clipped_pixels(ksize):
+    """The separable (row then column) max equals the (k|1)² square's dilation of the clipped pixels."""
+    from scipy import ndimage
+
+    from diffem.realphoto.tiling import saturated
+
+    y = torch.rand(3, 120, 170, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
+    y[:, 30:33, 40:60] = 1.0    # a clipped highlight
+    y[1, 100, 3] = 0.0          # one clipped shadow pixel in one channel, near the border
+    clipped = ((y.amax(0) >= 0.98) | (y.amin(0) <= 0.02)).numpy()
+    r = max(ksize // 2, 1)
+    expected = ndimage.binary_dilation(clipped, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
+    assert clipped.sum() == 61 and np.array_equal(saturated(y, ksize).numpy(), expected)

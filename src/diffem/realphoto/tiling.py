@@ -34,9 +34,11 @@ def _gray(y: torch.Tensor) -> torch.Tensor:
 def saturated(y: torch.Tensor, ksize: int = 0, level: float = 0.98) -> torch.Tensor:
     """(H, W) bool: pixels of (C,H,W) y within ⌊k/2⌋ of a clipped value (any channel ≥ level or ≤ 1 − level).
     A clipped pixel is not k ⊛ x, and it spoils every blurred pixel its footprint reaches."""
-    sat = ((y.amax(dim=-3) >= level) | (y.amin(dim=-3) <= 1 - level)).double()
+    sat = ((y.amax(dim=-3) >= level) | (y.amin(dim=-3) <= 1 - level)).float()[None, None]
     r = max(ksize // 2, 1)
-    return F.max_pool2d(sat[None, None], 2 * r + 1, stride=1, padding=r)[0, 0] > 0
+    # the square's max as a row max then a column max: 2(2r+1) comparisons per pixel, not (2r+1)²
+    sat = F.max_pool2d(sat, (1, 2 * r + 1), stride=1, padding=(0, r))
+    return F.max_pool2d(sat, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0] > 0
 
 
 def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int = 1, stride: int = 8,
