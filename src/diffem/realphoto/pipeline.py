@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 import diffem
 from diffem.blind.pipeline import estimate_kernel_denoised, predenoise
@@ -208,13 +209,15 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                                             **(settings if estimator == "multiscale" else {}))
         candidates = kernel_candidates(ksize, auto_size)
         denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
-        found = [estimate(regions[0], c, denoised) for c in candidates]
+        found = [estimate(regions[0], c, denoised)
+                 for c in tqdm(candidates, desc="kernel candidates", disable=not progress, leave=False)]
         scores = [score(k.to(dev), [0]) for k in found]
         pick = _choose(scores)
         info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
                               for (e, n), (r, g) in zip(candidates, scores)]
         info["estimator"] = candidates[pick][0]
-        kernels = [found[pick]] + [estimate(r, candidates[pick]) for r in regions[1:]]
+        others = tqdm(regions[1:], desc="other windows", disable=not progress or len(regions) < 2, leave=False)
+        kernels = [found[pick]] + [estimate(r, candidates[pick]) for r in others]
         if len(kernels) > 1:   # each kernel judged on the windows it was not estimated on
             scores_out = [score(k.to(dev), [j for j in range(len(regions)) if j != i])[0]
                           for i, k in enumerate(kernels)]
