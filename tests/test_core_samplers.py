@@ -9,9 +9,9 @@ import diffem.samplers as samplers
 from diffem.guidance import pigdm_guidance, pigdm_r2
 from diffem.mstep import KernelMStep
 from diffem.physics import Blur, blur, blur_valid, delta_kernel, recenter
+from diffem.priors import load_prior
 from diffem.rng import ParticleNoise
 from diffem.schedule import Schedule
-from diffem.priors import load_prior
 
 
 def _kernel7() -> torch.Tensor:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageOps
+from scipy import ndimage
 
 from diffem.kernels.loaders import BUNDLED
 from diffem.measurement import parse_sigma
@@ -14,7 +15,7 @@ from diffem.realphoto import (crop, deblur_photo, deconv_valid, estimate_sigma, 
                               read_photo, wiener_deconv, write_photo)
 from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
 from diffem.realphoto.noise import sigma_mad, sigma_pca
-from diffem.realphoto.tiling import tile_spans
+from diffem.realphoto.tiling import saturated, tile_spans
 
 DATA = Path(__file__).parent / "data"
 
@@ -296,10 +297,6 @@ def test_valid_model_deconvolution_matches_the_circular_case():
 @pytest.mark.parametrize("ksize", [3, 25, 75])
 def test_saturated_is_the_square_dilation_of_the_clipped_pixels(ksize):
     """The separable (row then column) max equals the (k|1)² square's dilation of the clipped pixels."""
-    from scipy import ndimage
-
-    from diffem.realphoto.tiling import saturated
-
     y = torch.rand(3, 120, 170, generator=torch.Generator().manual_seed(0)) * 0.9 + 0.05
     y[:, 30:33, 40:60] = 1.0    # a clipped highlight
     y[1, 100, 3] = 0.0          # one clipped shadow pixel in one channel, near the border
