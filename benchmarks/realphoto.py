@@ -155,11 +155,12 @@ def bench_large(args):
     print(f"| photo | method | σ est. (/255, true 5) | kernel window | wall s | CPU s | timings (wall s) | peak RSS (MB, before run) | PSNR in / out |")
     print("|---|---|---|---|---|---|---|---|---|")
     tim = ", ".join(f"{k_} {v:.1f}" for k_, v in res.timings.items() if k_.endswith("_s") and not k_.startswith("blind_"))
-    print(f"| {W}×{H} ({W * H / 1e6:.1f} MP) | {res.info['method']}, k {res.kernel.shape[0]}, trusted {res.info['kernel_trusted']} | {res.sigma * 255:.2f} | {res.window} | "
+    print(f"| {W}×{H} ({W * H / 1e6:.1f} MP) | {res.info['method']}, k {res.kernel.shape[0]} (support {res.info['kernel_support']}), trusted {res.info['kernel_trusted']} | {res.sigma * 255:.2f} | {res.window} | "
           f"{total:.1f} | {cpu:.1f} | {tim} | {peak:.0f} ({rss0:.0f}) | {psnr_in:.2f} / {psnr_out:.2f} |")
     print(json.dumps({"bench": "large", "W": W, "H": H, "total_s": total, "cpu_s": cpu, "timings": res.timings, "peak_rss_mb": peak,
                       "rss_before_mb": rss0, "sigma255": res.sigma * 255, "psnr_in": psnr_in,
-                      "psnr_out": psnr_out, "kernel_trusted": res.info["kernel_trusted"]}))
+                      "psnr_out": psnr_out, "kernel_trusted": res.info["kernel_trusted"],
+                      "kernel_support": res.info["kernel_support"]}))
 
 
 def main():

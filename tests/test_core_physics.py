@@ -10,7 +10,7 @@ import torch
 from conftest import levin_kernel
 from diffem.mstep import estimate_kernel
 from diffem.physics import (Blur, blur, blur_adjoint, blur_valid, center_of_mass, crop_kernel, delta_kernel,
-                            kernel_to_otf, project_simplex, recenter)
+                            kernel_radius, kernel_to_otf, project_simplex, recenter, trim_kernel)
 from diffem.schedule import Schedule, space_timesteps
 
 DATA = Path(__file__).parent / "data"
@@ -51,6 +51,18 @@ def test_fft_size_is_the_smallest_7_smooth_multiple():
             assert m >= n and m % multiple == 0 and smooth(m)
             assert not any(smooth(c) for c in range(-(-n // multiple) * multiple, m, multiple))
     assert fft_size(1281) == 1296 and fft_size(1280) == 1280
+
+
+def test_trimmed_kernel_is_the_same_valid_blur_on_a_smaller_canvas():
+    g = torch.Generator().manual_seed(3)
+    k = torch.zeros(15, 15, dtype=torch.float64)
+    k[5:9, 7:11] = torch.rand(4, 4, generator=g, dtype=torch.float64)   # off-centre: rows 5..8, cols 7..10
+    k /= k.sum()
+    assert kernel_radius(k) == 3 and kernel_radius(delta_kernel(9)) == 0
+    t = trim_kernel(k)
+    assert t.shape == (7, 7) and float(t.sum()) == pytest.approx(1.0)   # centre (7, 7) kept: ⌊7/2⌋ = 3
+    x = torch.rand(1, 3, 40, 36, generator=g, dtype=torch.float64)
+    assert torch.allclose(blur_valid(x, k), blur_valid(x[..., 4:-4, 4:-4], t), atol=1e-12)
 
 
 def test_blur_valid_matches_circular_interior():

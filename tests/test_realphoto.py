@@ -218,7 +218,7 @@ def test_informative_window_prefers_texture_and_avoids_saturation():
 def test_deblur_photo_default_method_whole_photo():
     """multiscale-pnp on a small, odd-sized, greyscale 'valid'-blurred photo: its own size back, an
     auto-sized kernel trimmed to its support, the safeguard's verdict in info."""
-    from diffem.physics import blur_valid
+    from diffem.physics import blur_valid, trim_kernel
 
     x = _photo()[0].float()
     y = blur_valid(x.mean(0, keepdim=True)[None], _kernel().float())[0, :, :79, :74]   # odd, non-square, grey
@@ -228,6 +228,7 @@ def test_deblur_photo_default_method_whole_photo():
     assert r.sigma_estimated and r.sigma >= 1 / 255 and r.info["windows_tried"] == 1
     assert r.kernel.shape[0] % 2 == 1 and 9 <= r.kernel.shape[0] <= (74 // 4) | 1   # auto: at most a quarter
     assert abs(float(r.kernel.sum()) - 1) < 1e-4 and r.kernel.min() >= 0
+    assert r.info["kernel_support"] == trim_kernel(r.kernel).shape[-1] <= r.kernel.shape[0]
     assert isinstance(r.info["kernel_trusted"], bool) and r.info["residual_ratio_relative"] > 0
 
 

@@ -319,6 +319,22 @@ def delta_kernel(size: int, dtype=torch.float32, device=None) -> torch.Tensor:
     return k
 
 
+def kernel_radius(kernel: torch.Tensor) -> int:
+    """How far (Chebyshev distance, px) the farthest non-zero tap of (k, k) ``kernel`` lies from its
+    centre ⌊k/2⌋; 0 for a Dirac or an all-zero kernel."""
+    rows, cols = torch.nonzero(kernel > 0, as_tuple=True)
+    c = kernel.shape[-1] // 2
+    return int(max((rows - c).abs().max(), (cols - c).abs().max())) if len(rows) else 0
+
+
+def trim_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """(k, k) ``kernel`` cropped around its centre to the smallest odd support that holds every non-zero
+    tap: the same blur, whose 'valid' canvas and tiles are smaller (an estimate's zero border is common:
+    the support is chosen before the blur's size is known)."""
+    c, r = kernel.shape[-1] // 2, kernel_radius(kernel)
+    return kernel[..., c - r:c + r + 1, c - r:c + r + 1]
+
+
 def center_of_mass(kernel: torch.Tensor) -> torch.Tensor:
     """(…, 2) centre of mass (row, col) of non-negative (…, k, k) kernels."""
     kh, kw = kernel.shape[-2:]

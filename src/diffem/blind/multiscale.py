@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from diffem.blind.steps import clean_kernel, edge_usefulness, kernel_nnls, l0_latent
-from diffem.physics import blur, delta_kernel, recenter
+from diffem.physics import blur, delta_kernel, kernel_radius, recenter
 
 DEFAULTS = dict(lam=3.2e-2, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iters=5, scale=math.sqrt(0.5),
                 min_size=5, min_image=None, threshold=0.05, min_mass=0.1, nnls_iters=200, support_margin=None,
@@ -83,9 +83,7 @@ def _place(k: torch.Tensor, size: int) -> torch.Tensor:
 
 def fitted_size(k: torch.Tensor, margin: float, largest: int, smallest: int) -> int:
     """The odd support that holds k's non-zero pixels around its centre plus ``margin``·(their radius) + 2 px."""
-    rows, cols = torch.nonzero(k > 0, as_tuple=True)
-    c = k.shape[-1] // 2
-    radius = int(max((rows - c).abs().max(), (cols - c).abs().max())) if len(rows) else 0
+    radius = kernel_radius(k)
     return int(min(largest, max(smallest, 2 * (radius + math.ceil(margin * radius) + 2) + 1)))
 
 

@@ -115,9 +115,11 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
             "kernel_window": list(res.window) if res.window else None,
             "kernel_trusted": res.info.get("kernel_trusted"),
-            "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out",
-                                                   "residual_limit", "window_scores", "candidates", "estimator") if k in res.info},
+            "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out", "residual_limit",
+                                                   "window_scores", "candidates", "no_blur_gradient_sparsity", "estimator")
+                          if k in res.info},
             "output": res.restore, "kernel_size": int(kernel.shape[-1]),
+            "kernel_support": res.info.get("kernel_support"),
             "saturated_fraction": res.info.get("saturated_fraction"),
             "timings": {k: round(float(v), 4) for k, v in res.timings.items()}, "elapsed_s": round(elapsed, 3),
             "diffem_version": version, "torch_version": diffem.api.torch.__version__,

@@ -16,8 +16,9 @@
    it) is kept.
    The default method is diffem's ``multiscale-pnp``; the paper's samplers (``fast-em-pigdm``, …) can
    be asked for and run on one window of ``window`` px.
-4. Image: PnP-HQS with the kernel on the whole photo, in blended tiles with the exact 'valid' model
-   on each (``restore="pnp"``, memory bounded by the tile), or ``"wiener"`` (fast Tikhonov), or
+4. Image: PnP-HQS with the kernel (cropped to its non-zero support: the same blur, smaller tiles) on the
+   whole photo, in blended tiles with the exact 'valid' model on each (``restore="pnp"``, memory bounded
+   by the tile), or ``"wiener"`` (fast Tikhonov), or
    ``"diffusion"`` (the non-blind diffusion sampler per tile). ``restore="sample"`` keeps the blind
    sampler's own posterior sample when the photo fits in the window.
 5. Safeguard: when the kernel does not explain its own window and the held-out windows nearly as
@@ -38,7 +39,7 @@ from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel, no_blur_referen
 from diffem.denoisers import load_denoiser
 from diffem.metrics.no_reference import gradient_sparsity
 from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
-from diffem.physics import Blur, crop, delta_kernel, wiener_deconv
+from diffem.physics import Blur, crop, delta_kernel, trim_kernel, wiener_deconv
 from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
 from diffem.padding import pad_periodic
@@ -216,6 +217,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
                               for (e, n), (r, g) in zip(candidates, scores)]
         info["estimator"] = candidates[pick][0]
+        # the same measure of 'no blur' (the crop denoised), to read the candidates' against
+        info["no_blur_gradient_sparsity"] = float(gradient_sparsity(score.crop(0)[2][0]))
         others = tqdm(regions[1:], desc="other windows", disable=not progress or len(regions) < 2, leave=False)
         kernels = [found[pick]] + [estimate(r, candidates[pick]) for r in others]
         if len(kernels) > 1:   # each kernel judged on the windows it was not estimated on
@@ -255,12 +258,13 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                 residual_ratio_held_out=held_out, residual_limit=RELATIVE_LIMIT)
     timings["check_s"] = time.perf_counter() - t
 
-    # 4. the full photo
+    # 4. the full photo, with the kernel on its own support (the same blur; smaller canvases and tiles)
     t = time.perf_counter()
     mode = "pnp" if restore == "auto" else restore   # PnP beats the sampler's own image (docs/benchmarks/image-stage.md)
     if mode == "sample" and samples is None:
         raise ValueError("restore: 'sample' needs a diffusion method (the multiscale-pnp method draws no samples)")
-    context = kernel.shape[-1]   # real photo around each tile: a restored pixel depends on y within a few radii
+    support = trim_kernel(kernel)
+    context = support.shape[-1]   # real photo around each tile: a restored pixel depends on y within a few radii
     if fallback and not trusted_kernel:
         mode = "denoised"
         image = map_tiles(y, None, tile=tile, overlap=32, context=16, progress=progress, desc="denoising tiles",
@@ -269,24 +273,24 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         image = samples[0]
     elif mode == "pnp":
         def pnp_tile(piece, piece_trusted):
-            physics = Blur.for_measurement(piece, kernel.to(dev), sigma_r, "valid", trusted=piece_trusted[0, 0].to(dev))
+            physics = Blur.for_measurement(piece, support.to(dev), sigma_r, "valid", trusted=piece_trusted[0, 0].to(dev))
             return physics.crop(pnp_hqs(piece.to(dev), physics, den)).cpu()
-        image = map_tiles(y, None, tile=tile, overlap=max(16, kernel.shape[-1]), context=context, progress=progress,
+        image = map_tiles(y, None, tile=tile, overlap=max(16, context), context=context, progress=progress,
                           desc="PnP tiles", edge_fn=pnp_tile, aux=trusted[None].float())
     elif mode == "wiener":
-        image = map_tiles(y, lambda t_: wiener_deconv(t_, kernel, sigma_r), tile=max(tile, 4 * kernel.shape[-1]),
-                          overlap=max(16, kernel.shape[-1]), context=context, progress=progress,
-                          desc="deconvolution tiles", edge_fn=lambda t_: deconv_valid(t_, kernel, sigma_r))
+        image = map_tiles(y, lambda t_: wiener_deconv(t_, support, sigma_r), tile=max(tile, 4 * context),
+                          overlap=max(16, context), context=context, progress=progress,
+                          desc="deconvolution tiles", edge_fn=lambda t_: deconv_valid(t_, support, sigma_r))
     else:   # diffusion: one posterior sample per tile, seeds differ per tile
         p = p or load_prior(prior, preset=preset, device=dev)
         counter = iter(range(10**9))
         sampler = "pigdm" if multiscale else method.rsplit("-", 1)[1]
 
         def fn(tile_y):
-            r = diffem.restore(tile_y[0], kernel, sigma_r, prior=p, method=sampler, steps=steps,
+            r = diffem.restore(tile_y[0], support, sigma_r, prior=p, method=sampler, steps=steps,
                                seed=seed + next(counter), device=dev, progress=False)
             return r.image.detach().float().cpu()[None]
-        image = map_tiles(y, fn, tile=256, overlap=max(16, kernel.shape[-1]), context=ksize // 2 + 8,
+        image = map_tiles(y, fn, tile=256, overlap=max(16, context), context=context // 2 + 8,
                           multiple=max(MULTIPLE, p.multiple), progress=progress, desc="diffusion tiles")
     timings["restore_s"] = time.perf_counter() - t
     image = image.clamp(0, 1)
@@ -300,7 +304,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         timings.update({f"blind_{k}": v for k, v in res.timings.items()})
         info.update({k: v for k, v in res.info.items() if k not in info})
     info.update(method=method, sigma_restore=sigma_r, noise_method=noise_method if estimated else None,
-                kernel_size=int(kernel.shape[-1]), windows_tried=len(boxes), linear_light=linear_light)
+                kernel_size=int(kernel.shape[-1]), kernel_support=int(support.shape[-1]), windows_tried=len(boxes),
+                linear_light=linear_light)
     return PhotoResult(image=image, kernel=kernel, sigma=float(sigma), sigma_estimated=estimated, window=window_box,
                        restore=mode, samples=samples, timings=timings, info=info)
 
