@@ -3,6 +3,7 @@
     python benchmarks/image_stage.py denoise [--data DIR] [--limit 6]   # FFDNet vs the default prior's x̂0
     python benchmarks/image_stage.py speed [--sizes 256,512,1024]        # PnP-HQS time and peak memory
     python benchmarks/image_stage.py first-cg --dev runs/realphoto_dev [--names a,b] [--cg 8,64]
+    python benchmarks/image_stage.py bf16 --dev runs/realphoto_dev [--names a,b] [--bf16-from fp32,0,10]
 
 ``denoise``: centre 256² crops of the first CBSD68 images, Gaussian noise σ ∈ {15, 25, 50}/255
 (seed 0), PSNR of each denoiser's output. ``speed``: ``diffem.restore(method="pnp")`` on random
@@ -10,7 +11,8 @@ images with a 33×33 kernel, circular and valid, each size in a fresh subprocess
 RSS is its own), median of 3 runs after one warm-up; 2 torch threads unless ``--threads``.
 ``first-cg``: PnP-HQS with the *true* kernel on the most informative 384² crop of photo dev-set pairs
 (``benchmarks/realphoto_dev.py make``; 'valid', saturated pixels untrusted, σ estimated as the CLI does),
-for several CG iteration counts of the first data step; PSNR after the best shift within ±16 px.
+for several CG iteration counts of the first data step (``bf16``: FFDNet in bf16 autocast from a σ_k on);
+PSNR after the best shift within ±16 px, and the time of each restoration.
 Prints markdown tables and one JSON line each.
 """
 from __future__ import annotations
@@ -83,27 +85,21 @@ def speed(args):
     print(json.dumps({"bench": "pnp_speed", "rows": rows}))
 
 
-def first_cg(args):
+def _dev_crops(args):
+    """(pair, y crop, sharp crop, physics with the *true* kernel) for the photo dev-set pairs: the most
+    informative SCORE_SIZE² crop, 'valid', saturated pixels untrusted, σ estimated as the CLI does."""
     import numpy as np
 
     sys.path.insert(0, str(HERE))
-    from realphoto_dev import read_manifest, read_rgb, shifted_psnr
+    from realphoto_dev import read_manifest, read_rgb
 
-    from diffem.denoisers import load_denoiser
     from diffem.physics import Blur
-    from diffem.pnp import pnp_hqs
     from diffem.realphoto.noise import estimate_sigma
     from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR
     from diffem.realphoto.tiling import informative_windows, saturated
 
-    torch.set_num_threads(args.threads)
     data, manifest = read_manifest(args.dev)
-    counts = [int(c) for c in args.cg.split(",")]
     names = args.names.split(",") if args.names else None
-    den = load_denoiser("ffdnet")
-    to_hwc = lambda img: img[0].permute(1, 2, 0).numpy()   # noqa: E731
-    print("| photo | kernel | input | " + " | ".join(f"first step {n} CG" for n in counts) + " |")
-    print("|---" * (len(counts) + 3) + "|")
     for p in manifest["pairs"]:
         if names is not None and p["name"] not in names:
             continue
@@ -114,15 +110,58 @@ def first_cg(args):
         trusted = ~saturated(y, 3, 0.98)
         (t, l), = informative_windows(y, SCORE_SIZE, k.shape[-1], 1)
         box = (slice(t, t + SCORE_SIZE), slice(l, l + SCORE_SIZE))
-        yc, gtc = y[None][..., box[0], box[1]], gt[box[0], box[1]]
-        physics = Blur.for_measurement(yc, k, sigma, "valid", trusted=trusted[box])
+        yc = y[None][..., box[0], box[1]]
+        yield p, yc, gt[box[0], box[1]], Blur.for_measurement(yc, k, sigma, "valid", trusted=trusted[box])
+
+
+def _variant_table(args, labels, restore):
+    """PSNR (best shift within ±16 px) of ``restore(label, y, physics)`` per dev crop and label."""
+    sys.path.insert(0, str(HERE))
+    from realphoto_dev import shifted_psnr
+
+    torch.set_num_threads(args.threads)
+    to_hwc = lambda img: img[0].permute(1, 2, 0).numpy()   # noqa: E731
+    print("| photo | kernel | input | " + " | ".join(labels) + " |")
+    print("|---" * (len(labels) + 3) + "|")
+    rows = []
+    for p, yc, gtc, physics in _dev_crops(args):
         row = dict(photo=p["name"], kernel_size=p["kernel_size"], psnr_in=shifted_psnr(to_hwc(yc), gtc, 16)[0])
-        for n in counts:
-            x = physics.crop(pnp_hqs(yc, physics, den, first_cg_iters=n)).clamp(0, 1)
-            row[f"cg{n}"] = shifted_psnr(to_hwc(x), gtc, 16)[0]
+        for label in labels:
+            t = time.perf_counter()
+            x = physics.crop(restore(label, yc, physics)).clamp(0, 1)
+            row[label], row[label + "_s"] = shifted_psnr(to_hwc(x), gtc, 16)[0], time.perf_counter() - t
+        rows.append(row)
         print(f"| {p['name']} | {p['kernel_size']} | {row['psnr_in']:.2f} | "
-              + " | ".join(f"{row[f'cg{n}']:.2f}" for n in counts) + " |", flush=True)
+              + " | ".join(f"{row[label]:.2f}" for label in labels) + " |", flush=True)
         print(json.dumps(row), file=sys.stderr)
+    if rows:
+        base = labels[0]
+        for label in labels[1:]:
+            d = [r[label] - r[base] for r in rows]
+            print(f"{label} − {base}: mean {statistics.mean(d):+.3f} dB, min {min(d):+.3f}, max {max(d):+.3f}; "
+                  f"median time {statistics.median(r[label + '_s'] for r in rows):.2f} s "
+                  f"(vs {statistics.median(r[base + '_s'] for r in rows):.2f})")
+
+
+def first_cg(args):
+    from diffem.denoisers import load_denoiser
+    from diffem.pnp import pnp_hqs
+
+    den = load_denoiser("ffdnet")
+    labels = [f"first step {n} CG" for n in args.cg.split(",")]
+    _variant_table(args, labels, lambda label, y, physics: pnp_hqs(y, physics, den,
+                                                                  first_cg_iters=int(label.split()[2])))
+
+
+def bf16(args):
+    from diffem.denoisers import FFDNetDenoiser
+    from diffem.denoisers.ffdnet import load_ffdnet
+    from diffem.pnp import pnp_hqs
+
+    net = load_ffdnet()
+    dens = {s if s == "fp32" else f"bf16 from {s}/255": FFDNetDenoiser(net, None if s == "fp32" else float(s) / 255)
+            for s in args.bf16_from.split(",")}
+    _variant_table(args, list(dens), lambda label, y, physics: pnp_hqs(y, physics, dens[label]))
 
 
 def main():
@@ -130,10 +169,12 @@ def main():
         print(json.dumps(_one_size(int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("which", choices=["denoise", "speed", "first-cg"])
-    ap.add_argument("--dev", default="runs/realphoto_dev", help="first-cg: a photo dev set (realphoto_dev.py make)")
-    ap.add_argument("--names", default=None, help="first-cg: comma-separated pair names (default: all)")
+    ap.add_argument("which", choices=["denoise", "speed", "first-cg", "bf16"])
+    ap.add_argument("--dev", default="runs/realphoto_dev", help="first-cg, bf16: a photo dev set (realphoto_dev.py make)")
+    ap.add_argument("--names", default=None, help="first-cg, bf16: comma-separated pair names (default: all)")
     ap.add_argument("--cg", default="8,64", help="first-cg: CG iteration counts of the first data step")
+    ap.add_argument("--bf16-from", default="fp32,0,10",
+                    help="bf16: FFDNet in fp32, or in bf16 autocast at σ_k ≥ S/255 (comma-separated; the first is the reference)")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--limit", type=int, default=6)
     ap.add_argument("--sizes", default="256,512,1024")
@@ -141,7 +182,7 @@ def main():
     args = ap.parse_args()
     if not Path(args.data).is_dir():
         sys.exit(f"image_stage: --data {args.data!r} is not a folder")
-    {"denoise": denoise, "speed": speed, "first-cg": first_cg}[args.which](args)
+    {"denoise": denoise, "speed": speed, "first-cg": first_cg, "bf16": bf16}[args.which](args)
 
 
 if __name__ == "__main__":

@@ -281,6 +281,10 @@ def candidates(args) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {str(out.parent)!r} does not exist")
     done = {json.loads(line)["name"] for line in open(out)} if out.exists() else set()
+    try:
+        extra = [(e, int(n)) for e, n in (c.rsplit(":", 1) for c in args.extra)]
+    except ValueError:
+        raise UsageError(f"--extra: expected ESTIMATOR:SIZE items, got {args.extra}") from None
     den = load_denoiser("ffdnet")
     to_hwc = lambda img: img[0].permute(1, 2, 0).numpy()   # noqa: E731
     for p in tqdm([p for p in manifest["pairs"][:args.limit] if p["name"] not in done], desc="candidates"):
@@ -291,8 +295,9 @@ def candidates(args) -> int:
         trusted = ~saturated(y, 3, 0.98)
         ksize, auto = _kernel_size("auto", tuple(y.shape[-2:]))
         v = predenoise(y[None], sigma, den)
+        pipeline = [f"{e}-{n}" for e, n in kernel_candidates(ksize, auto)]
         kernels = {f"{e}-{n}": estimate_kernel_denoised(v, sigma, n, "valid", trusted, e)
-                   for e, n in kernel_candidates(ksize, auto)}
+                   for e, n in kernel_candidates(ksize, auto) + extra}
         kernels["true"] = torch.from_numpy(np.load(data / p["kernel_npy"])).float()
         (t, l), = informative_windows(y, SCORE_SIZE, ksize, 1)
         yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], trusted[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
@@ -311,8 +316,10 @@ def candidates(args) -> int:
         fallback = no_blur[0]   # 'no blur' (the safeguard's fallback: the photo denoised)
         row["scores"]["none"] = dict(ratio=1.0, sparsity=float(gradient_sparsity(fallback)),
                                      psnr=shifted_psnr(to_hwc(fallback), gtc, args.shift)[0])
-        names = [n for n in row["scores"] if n not in ("true", "none")]
-        row["choice"] = names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names])]
+        pick = lambda names: names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names])]  # noqa: E731
+        row["choice"] = pick(pipeline)
+        if extra:
+            row["choice_with_extra"] = pick([n for n in row["scores"] if n not in ("true", "none")])
         append_row(out, row)
     rows = [json.loads(line) for line in open(out)]
     gain = lambda r, n: r["scores"][n]["psnr"] - r["psnr_in"]   # noqa: E731
@@ -323,6 +330,10 @@ def candidates(args) -> int:
             f"{gain(r, n):+.2f} ({s['ratio']:.2f}, {s['sparsity']:.3f})" for n, s in r["scores"].items())
             + f" | {r['choice']} |")
     best = [max(gain(r, n) for n in r["scores"] if n not in ("true", "none")) for r in rows]
+    if all("choice_with_extra" in r for r in rows):
+        print(f"\nwith the extra candidates: choice {_mean([gain(r, r['choice_with_extra']) for r in rows]):+.2f} dB, "
+              f"worse than the input {sum(gain(r, r['choice_with_extra']) < 0 for r in rows)} "
+              f"(pipeline's choice: {sum(gain(r, r['choice']) < 0 for r in rows)})")
     print(f"\ncrop gain, mean over {len(rows)} photos: choice {_mean([gain(r, r['choice']) for r in rows]):+.2f} dB, "
           f"best candidate {_mean(best):+.2f}, true kernel {_mean([gain(r, 'true') for r in rows]):+.2f}; "
           f"photos where no candidate gains 0.5 dB: {sum(b < 0.5 for b in best)}; "
@@ -442,6 +453,8 @@ def main(argv=None) -> int:
     c.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     c.add_argument("--shift", type=int, default=16, help="PSNR after the best integer shift within ±SHIFT px")
     c.add_argument("--threads", type=int, default=2, help="torch threads")
+    c.add_argument("--extra", nargs="*", default=[], help="more candidates to score beside the pipeline's, e.g. "
+                   "l0-nnls:45 multiscale:61 (the choice is reported with and without them)")
     one = sub.add_parser("l0", help="Anger ℓ0 ('valid' boundary) on one photo")
     one.add_argument("input")
     one.add_argument("-o", "--output", required=True)

@@ -97,6 +97,21 @@ def test_denoiser_sigma_is_the_noise_std_on_the_unit_scale(name, ffdnet):
         assert float(grey.std()) < 0.25 * sigma
 
 
+def test_ffdnet_bf16_only_from_its_noise_level_on(ffdnet):
+    """``bf16_from``: bf16 autocast at σ ≥ the threshold (an fp32 result close to the fp32 network's),
+    exactly the fp32 network below it."""
+    gated = FFDNetDenoiser(ffdnet.net, bf16_from=10 / 255)
+    x = 0.4 + 0.1 * torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for sigma in (5 / 255, 25 / 255):
+            out, ref = gated(x, sigma), ffdnet(x, sigma)
+            assert out.dtype == torch.float32
+            if sigma < gated.bf16_from:
+                assert torch.equal(out, ref)
+            else:
+                assert 0 < float((out - ref).abs().max()) < 0.02
+
+
 def test_pnp_schedule_is_dpir():
     sched = pnp_schedule(10 / 255, iters=8)
     sigmas = [s for s, _ in sched]

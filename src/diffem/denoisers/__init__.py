@@ -41,16 +41,19 @@ class FFDNetDenoiser:
 
     name = "ffdnet"
 
-    def __init__(self, net):
+    def __init__(self, net, bf16_from: float | None = None):
         from diffem.denoisers.ffdnet import SIGMA_MAX
 
-        self.net, self.sigma_max = net, SIGMA_MAX
+        self.net, self.sigma_max, self.bf16_from = net, SIGMA_MAX, bf16_from
         self.channels = (net.model[0].in_channels - 1) // 4
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         x3, factor = _as_rgb(x, self.channels)
         s = min(max(float(sigma) * factor, 0.0), self.sigma_max)
-        out = self.net(x3, torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device))
+        bf16 = self.bf16_from is not None and float(sigma) >= self.bf16_from
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = self.net(x3, torch.full((x.shape[0],), s, dtype=x.dtype, device=x.device))
+        out = out.to(x.dtype)
         return out.mean(1, keepdim=True) if factor != 1 else out
 
 
