@@ -327,12 +327,23 @@ def kernel_radius(kernel: torch.Tensor) -> int:
     return int(max((rows - c).abs().max(), (cols - c).abs().max())) if len(rows) else 0
 
 
+def center_crop_or_pad(k: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop or zero-pad (…, n, n) kernels around their centre ⌊n/2⌋ to (…, size, size)."""
+    n = k.shape[-1]
+    if size == n:
+        return k
+    if size < n:
+        s = n // 2 - size // 2
+        return k[..., s: s + size, s: s + size]
+    before = size // 2 - n // 2
+    return F.pad(k, (before, size - n - before, before, size - n - before))
+
+
 def trim_kernel(kernel: torch.Tensor) -> torch.Tensor:
     """(k, k) ``kernel`` cropped around its centre to the smallest odd support that holds every non-zero
     tap: the same blur, whose 'valid' canvas and tiles are smaller (an estimate's zero border is common:
     the support is chosen before the blur's size is known)."""
-    c, r = kernel.shape[-1] // 2, kernel_radius(kernel)
-    return kernel[..., c - r:c + r + 1, c - r:c + r + 1]
+    return center_crop_or_pad(kernel, 2 * kernel_radius(kernel) + 1)
 
 
 def center_of_mass(kernel: torch.Tensor) -> torch.Tensor:

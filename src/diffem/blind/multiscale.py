@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from diffem.blind.steps import clean_kernel, edge_usefulness, kernel_nnls, l0_latent
-from diffem.physics import blur, delta_kernel, kernel_radius, recenter
+from diffem.physics import blur, center_crop_or_pad, delta_kernel, kernel_radius, recenter
 
 DEFAULTS = dict(lam=3.2e-2, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iters=5, scale=math.sqrt(0.5),
                 min_size=5, min_image=None, threshold=0.05, min_mass=0.1, nnls_iters=200, support_margin=None,
@@ -72,12 +72,8 @@ def _resize_kernel(k: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _place(k: torch.Tensor, size: int) -> torch.Tensor:
-    """k zero-padded or cropped around its centre ⌊n/2⌋ to (size, size)."""
-    n, c = k.shape[-1], size // 2 - k.shape[-1] // 2
-    out = k.new_zeros(size, size)
-    src = slice(max(-c, 0), min(n, size - c))
-    dst = slice(max(c, 0), max(c, 0) + src.stop - src.start)
-    out[dst, dst] = k[src, src]
+    """k zero-padded or cropped around its centre ⌊n/2⌋ to (size, size), renormalised."""
+    out = center_crop_or_pad(k, size).contiguous()   # a cropped view would sum (and round) in another order
     return out / out.sum().clamp_min(1e-30)
 
 

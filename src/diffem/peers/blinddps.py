@@ -21,8 +21,8 @@ import torch
 from tqdm.auto import tqdm
 
 from diffem.measurement import as_measurement, check_boundary, check_kernel_size, parse_sigma, resolve_device
-from diffem.peers.kernel_diffusion import KERNEL_SIZE, PAD_SIZE, center_crop_or_pad, crop_net, load_kernel_prior
-from diffem.physics import Blur, delta_kernel
+from diffem.peers.kernel_diffusion import KERNEL_SIZE, PAD_SIZE, crop_net, load_kernel_prior
+from diffem.physics import Blur, center_crop_or_pad, delta_kernel
 from diffem.priors import load_prior
 from diffem.schedule import Schedule
 

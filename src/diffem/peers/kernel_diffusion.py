@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffem.physics import center_crop_or_pad
 from diffem.priors.base import Prior
 
 KERNEL_SIZE = 33
@@ -51,18 +52,6 @@ def net_to_kernel(z: torch.Tensor, ksize: int = KERNEL_SIZE) -> torch.Tensor:
 
 def crop_net(z: torch.Tensor) -> torch.Tensor:
     return z[..., _PAD[0]: _PAD[0] + KERNEL_SIZE, _PAD[0]: _PAD[0] + KERNEL_SIZE]
-
-
-def center_crop_or_pad(k: torch.Tensor, size: int) -> torch.Tensor:
-    """Crop or zero-pad (…, n, n) kernels around their centre ⌊n/2⌋ to (…, size, size)."""
-    n = k.shape[-1]
-    if size == n:
-        return k
-    if size < n:
-        s = n // 2 - size // 2
-        return k[..., s: s + size, s: s + size]
-    before = size // 2 - n // 2
-    return F.pad(k, (before, size - n - before, before, size - n - before))
 
 
 def build_network():
