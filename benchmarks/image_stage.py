@@ -148,9 +148,8 @@ def first_cg(args):
     from diffem.pnp import pnp_hqs
 
     den = load_denoiser("ffdnet")
-    labels = [f"first step {n} CG" for n in args.cg.split(",")]
-    _variant_table(args, labels, lambda label, y, physics: pnp_hqs(y, physics, den,
-                                                                  first_cg_iters=int(label.split()[2])))
+    counts = {f"first step {n} CG": int(n) for n in args.cg.split(",")}
+    _variant_table(args, list(counts), lambda label, y, physics: pnp_hqs(y, physics, den, first_cg_iters=counts[label]))
 
 
 def bf16(args):
