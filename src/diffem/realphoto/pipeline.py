@@ -218,7 +218,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                               for (e, n), (r, g) in zip(candidates, scores)]
         info["estimator"] = candidates[pick][0]
         # the same measure of 'no blur' (the crop denoised), to read the candidates' against
-        info["no_blur_gradient_sparsity"] = float(gradient_sparsity(score.crop(0)[2][0]))
+        _, _, (no_blur_image, _) = score.crop(0)
+        info["no_blur_gradient_sparsity"] = float(gradient_sparsity(no_blur_image))
         others = tqdm(regions[1:], desc="other windows", disable=not progress or len(regions) < 2, leave=False)
         kernels = [found[pick]] + [estimate(r, candidates[pick]) for r in others]
         if len(kernels) > 1:   # each kernel judged on the windows it was not estimated on
