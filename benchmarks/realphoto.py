@@ -145,7 +145,8 @@ def bench_large(args):
     del x, imgs, tiles, rows
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t, c = time.perf_counter(), time.process_time()
-    res = deblur_photo(y, device="cpu", progress=True)   # every default, as `diffem deblur` runs it
+    bf16 = {"auto": "auto", "on": True, "off": False}[args.bf16]
+    res = deblur_photo(y, device="cpu", progress=True, bf16=bf16)   # every default (bf16 auto), as `diffem deblur` runs it
     total, cpu = time.perf_counter() - t, time.process_time() - c
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     from realphoto_dev import shifted_psnr   # best integer shift, for input and output alike (the dev set's score)
@@ -160,7 +161,8 @@ def bench_large(args):
     print(json.dumps({"bench": "large", "W": W, "H": H, "total_s": total, "cpu_s": cpu, "timings": res.timings, "peak_rss_mb": peak,
                       "rss_before_mb": rss0, "sigma255": res.sigma * 255, "psnr_in": psnr_in,
                       "psnr_out": psnr_out, "kernel_trusted": res.info["kernel_trusted"],
-                      "kernel_support": res.info["kernel_support"]}))
+                      "kernel_support": res.info["kernel_support"],
+                      "pnp_bf16_from": res.info.get("pnp_bf16_from")}))
 
 
 def main():
@@ -176,6 +178,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--kernel-size", type=int, default=33)
     ap.add_argument("--megapixels", type=float, default=12)
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto", help="large: deblur_photo's bf16")
     args = ap.parse_args()
     torch.manual_seed(0)
     {"noise": bench_noise, "boundary": bench_boundary, "large": bench_large}[args.which](args)

@@ -182,6 +182,11 @@ def test_bad_sigma(tmp_path, capsys, sigma):
     _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--sigma", sigma, *FAST), "sigma")
 
 
+def test_bad_bf16(tmp_path, capsys):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--bf16", "yes", *FAST), "--bf16")
+
+
 def test_unwritable_output_folder(tmp_path, capsys):
     src = _img(tmp_path / "a.png")
     blocker = tmp_path / "file"

@@ -79,7 +79,8 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
                        progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary,
-                       sigma_floor=args.sigma_floor, linear_light=args.linear_light)
+                       sigma_floor=args.sigma_floor, linear_light=args.linear_light,
+                       bf16={"auto": "auto", "on": True, "off": False}[args.bf16])
     elapsed = time.perf_counter() - t0
     restored = res.image.permute(1, 2, 0).numpy()
     kernel = res.kernel.numpy().astype(np.float32)
@@ -110,7 +111,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                            "steps": res.info.get("steps", args.steps), "prior": str(args.prior),
                            "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
                            "window": args.window, "restore": res.restore, "boundary": args.boundary,
-                           "linear_light": args.linear_light,
+                           "linear_light": args.linear_light, "bf16": args.bf16,
                            "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
             "kernel_window": list(res.window) if res.window else None,
@@ -119,7 +120,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                                                    "window_scores", "candidates", "no_blur_gradient_sparsity", "estimator")
                           if k in res.info},
             "output": res.restore, "kernel_size": int(kernel.shape[-1]),
-            "kernel_support": res.info.get("kernel_support"),
+            "kernel_support": res.info.get("kernel_support"), "pnp_bf16_from": res.info.get("pnp_bf16_from"),
             "saturated_fraction": res.info.get("saturated_fraction"),
             "timings": {k: round(float(v), 4) for k, v in res.timings.items()}, "elapsed_s": round(elapsed, 3),
             "diffem_version": version, "torch_version": diffem.api.torch.__version__,
@@ -186,6 +187,7 @@ def _validate(args):
         check_positive_int(args.steps, "--steps")
     check_choice(args.restore, RESTORE_MODES, "--restore")
     check_boundary(args.boundary, "--boundary")
+    check_choice(args.bf16, ("auto", "on", "off"), "--bf16")
     return parse_sigma(args.sigma, "--sigma", allow_auto=True), resolve_device(args.device, "--device")
 
 
@@ -275,6 +277,8 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                         "circular: smooth periodic extension + the circular model (the paper's synthetic setting)")
     p.add_argument("--linear-light", action="store_true",
                    help="deblur in linear light: undo the sRGB curve, restore, re-apply it (camera shake blurs light)")
+    p.add_argument("--bf16", default="auto",
+                   help="FFDNet in bf16 in the PnP tiles' early iterations (auto: where bf16 is faster than fp32 | on | off)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
     p.add_argument("--save-samples", action="store_true", help="also write every posterior sample")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -37,7 +37,8 @@ def _as_rgb(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, float]:
 
 
 class FFDNetDenoiser:
-    """FFDNet as ``denoiser(x, sigma)``; σ is clamped to the training range [0, 75/255]."""
+    """FFDNet as ``denoiser(x, sigma)``; σ is clamped to the training range [0, 75/255].
+    ``bf16_from``: run in bf16 autocast at σ ≥ this (None: always fp32)."""
 
     name = "ffdnet"
 
