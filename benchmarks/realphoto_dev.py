@@ -316,7 +316,8 @@ def candidates(args) -> int:
         fallback = no_blur[0]   # 'no blur' (the safeguard's fallback: the photo denoised)
         row["scores"]["none"] = dict(ratio=1.0, sparsity=float(gradient_sparsity(fallback)),
                                      psnr=shifted_psnr(to_hwc(fallback), gtc, args.shift)[0])
-        pick = lambda names: names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names])]  # noqa: E731
+        pick = lambda names: names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names],  # noqa: E731
+                                           rough=tuple(i for i, n in enumerate(names) if n.startswith("spectral")))]
         row["choice"] = pick(pipeline)
         if extra:
             row["choice_with_extra"] = pick([n for n in row["scores"] if n not in ("true", "none")])

@@ -85,8 +85,9 @@ def test_candidates_scores_the_pipeline_candidates_and_the_true_kernel(tmp_path,
     rows = [json.loads(r) for r in out.read_text().splitlines()]
     assert len(rows) == 1
     scores = rows[0]["scores"]
-    assert set(scores) == {"multiscale-25", "l0-nnls-25", "true", "none"}
-    assert rows[0]["choice"] in {"multiscale-25", "l0-nnls-25"}   # the choice is among the pipeline's own
+    pipeline = {"multiscale-25", "l0-nnls-25", "spectral-25", "spectral-flipped-25"}
+    assert set(scores) == pipeline | {"true", "none"}
+    assert rows[0]["choice"] in pipeline   # the choice is among the pipeline's own
     assert scores["none"]["ratio"] == 1.0 and abs(scores["none"]["psnr"] - rows[0]["psnr_in"]) < 1   # denoised y
     assert scores["true"]["psnr"] > rows[0]["psnr_in"] + 3    # the true kernel deblurs
     assert "true kernel" in capsys.readouterr().out

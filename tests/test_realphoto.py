@@ -262,6 +262,18 @@ def test_candidate_choice_gates_on_data_fit_then_takes_the_sparsest():
     assert _choose([(BLUR_EVIDENCE + 0.005, 0.55), (BLUR_EVIDENCE - 0.03, 0.63)]) == 1
 
 
+def test_a_rough_candidate_competes_only_when_it_fits_nearly_as_well_as_the_best_other():
+    from diffem.realphoto.pipeline import ROUGH_GATE, _choose
+
+    # the spectral kernel (1) is the sparsest and within RATIO_GATE of the best, but not within ROUGH_GATE
+    scores = [(0.88, 0.47), (0.88 * ROUGH_GATE * 1.01, 0.43)]
+    assert _choose(scores) == 1 and _choose(scores, rough=(1,)) == 0
+    assert _choose([(0.88, 0.47), (0.88 * ROUGH_GATE * 0.99, 0.43)], rough=(1,)) == 1
+    # it may also be the best fit, and then sets the gate for the others
+    assert _choose([(0.90, 0.64), (0.84, 0.58)], rough=(1,)) == 1
+    assert _choose([(0.9, 0.5)], rough=(0,)) == 0   # nothing else to compare with
+
+
 def test_deblur_photo_windowed_paths_of_a_diffusion_method():
     x = _photo()[0].float()
     r = deblur_photo(x, sigma="3/255", prior="gaussian", method="fast-em-pigdm", kernel_size=5, steps=2,

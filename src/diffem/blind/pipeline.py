@@ -6,7 +6,8 @@ on the pre-denoised image, the image by PnP-HQS with that kernel, then a data-fi
 2. Kernel: ``multiscale.estimate_kernel_multiscale`` on the grey (channel-mean) denoised image. For
    the 'valid' boundary the image is first extended smoothly and periodically (``pad_periodic``) so
    that the circular model of the kernel stage makes no wrap-around edge. (``estimate_kernel`` also
-   offers the ℓ0-NNLS scheme, ``estimator="l0-nnls"``: the photo pipeline's candidate for long blurs.)
+   offers the ℓ0-NNLS scheme, ``estimator="l0-nnls"``, and the phase-retrieved spectral kernel,
+   ``estimator="spectral"``: the photo pipeline's candidates for long blurs.)
 3. Image: ``pnp.pnp_hqs`` on y with the estimated kernel and the measurement's own boundary.
 4. Safeguard (``safeguard.check_kernel``): a kernel whose restoration explains y clearly worse than
    the no-blur hypothesis does is marked untrusted in ``info`` and, with ``fallback=True``, the
@@ -20,12 +21,13 @@ import torch
 
 from diffem.blind.multiscale import default_lam, estimate_kernel_multiscale
 from diffem.blind.safeguard import check_kernel
+from diffem.blind.spectral import estimate_kernel_spectral
 from diffem.physics import Blur, delta_kernel
 from diffem.pnp import pnp_hqs
 from diffem.padding import pad_periodic
 
 
-ESTIMATORS = ("multiscale", "l0-nnls")
+ESTIMATORS = ("multiscale", "l0-nnls", "spectral", "spectral-flipped")
 
 
 def predenoise(y: torch.Tensor, sigma: float, denoiser) -> torch.Tensor:
@@ -53,7 +55,11 @@ def estimate_kernel_denoised(v: torch.Tensor, sigma: float, kernel_size: int, bo
     carried across scales, kernel step first, factor ½ down to 3 px, λ from 4e-3, edge taper for
     'valid') with the NNLS kernel step. It finds the long (51–75 px) trajectories that the other loses
     to the no-blur solution on the photo dev set (docs/benchmarks/realphoto.md); ``settings`` and
-    ``trusted`` are not used by it."""
+    ``trusted`` are not used by it.
+    estimator "spectral" / "spectral-flipped" (``spectral.estimate_kernel_spectral``): the kernel
+    phase-retrieved from the autocorrelation of v's gradients, or its mirror image (the two are
+    indistinguishable there), on the same canvas and trusted pixels as "multiscale"; ``settings`` go
+    to ``spectral.DEFAULTS``."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
     if estimator == "l0-nnls":
@@ -67,6 +73,8 @@ def estimate_kernel_denoised(v: torch.Tensor, sigma: float, kernel_size: int, bo
         top, left, h, w = box
         observed[top:top + h, left:left + w] = True if mask is None else mask
         mask = observed
+    if estimator.startswith("spectral"):
+        return estimate_kernel_spectral(v, kernel_size, mask, flipped=estimator == "spectral-flipped", **settings)
     settings.setdefault("lam", default_lam(sigma))
     return estimate_kernel_multiscale(v, kernel_size, mask=mask, **settings)
 
