@@ -272,6 +272,8 @@ def test_a_rough_candidate_competes_only_when_it_fits_nearly_as_well_as_the_best
     # it may also be the best fit, and then sets the gate for the others
     assert _choose([(0.90, 0.64), (0.84, 0.58)], rough=(1,)) == 1
     assert _choose([(0.9, 0.5)], rough=(0,)) == 0   # nothing else to compare with
+    # where no other candidate found blur (a real photo: all ≥ 1.6), a rough kernel alone does not decide
+    assert _choose([(1.64, 0.49), (4.1, 0.51), (0.65, 0.48)], rough=(2,)) == 0
 
 
 def test_deblur_photo_windowed_paths_of_a_diffusion_method():
