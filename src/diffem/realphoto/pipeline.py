@@ -13,8 +13,9 @@
    the photo)), and at the largest support the ℓ0-NNLS scheme and the kernel phase-retrieved from the
    photo's gradient autocorrelation (``blind.spectral``, in both orientations); each is scored on the
    same restored crop and, among those whose data fit r/r₀ is within 10 % of the best and below 0.99
-   (the rough spectral kernels: within 5 % of the best other one), the one whose restoration has the
-   sparsest gradients (ℓ1/ℓ2, Krishnan et al. 2011: blur and ringing both raise it) is kept.
+   (the rough spectral kernels: within 5 % of the best other one, and only if that one is below 0.99
+   itself), the one whose restoration has the sparsest gradients (ℓ1/ℓ2, Krishnan et al. 2011: blur
+   and ringing both raise it) is kept.
    The default method is diffem's ``multiscale-pnp``; the paper's samplers (``fast-em-pigdm``, …) can
    be asked for and run on one window of ``window`` px.
 4. Image: PnP-HQS with the kernel (cropped to its non-zero support: the same blur, smaller tiles) on the
