@@ -13,8 +13,8 @@ photo pipeline scores both (``"spectral"`` and ``"spectral-flipped"`` candidates
 From an exact autocorrelation the retrieval is exact (tested); from a photo the estimate carries the
 image's own structure (long straight edges, periodic texture), so the kernel is rough — a candidate
 beside the alternating estimators, for the long trajectories they lose, not a replacement. Refining
-it with the multiscale stage's ℓ0/NNLS alternation made it worse on the photo dev set (that
-alternation drifts from the *true* 75 px kernel too at the tuned λ).
+it with the multiscale stage's ℓ0/NNLS alternation (from 15, 35 or 75 px levels; λ 6.4e-3, 1e-3,
+4e-4) made it worse on the photo dev set.
 """
 from __future__ import annotations
 
