@@ -18,7 +18,8 @@ solution, and λ starts at 3.2e-2 rather than 4e-3. ``edge_window`` (off by defa
 latent's gradients in the kernel step of every level but the finest by their usefulness r
 (``steps.edge_usefulness``, Xu & Jia, ECCV 2010) over a window of edge_window·(the level's kernel
 size): 0.2 rescues textured scenes of the tune-real split (2 of 30 items there lost 6–9 dB) but costs
-on the tune split and did not carry over to the validation split, so it is not the default.
+on the tune split and did not carry over to the validation split on its own; the default method
+(``pipeline.deblur_multiscale``) runs the stage both ways and keeps the better-scored kernel.
 """
 from __future__ import annotations
 
