@@ -310,7 +310,7 @@ def candidates(args) -> int:
             physics = Blur.for_measurement(yc, k, sigma_r, "valid", trusted=tc)
             verdict = check_kernel(yc, None, physics, den, no_blur=no_blur)
             row["scores"][label] = dict(
-                ratio=verdict["residual_ratio"] / verdict["residual_ratio_no_blur"],
+                ratio=verdict["residual_ratio_relative"],
                 sparsity=float(gradient_sparsity(verdict["restored_image"])),
                 psnr=shifted_psnr(to_hwc(verdict["restored_image"]), gtc, args.shift)[0])
         fallback = no_blur[0]   # 'no blur' (the safeguard's fallback: the photo denoised)

@@ -127,14 +127,15 @@ def deblur_multiscale(y: torch.Tensor, sigma: float, kernel_size: int, denoiser,
         timings["kernel_s"] += t1 - t0
         timings["restore_s"] += t2 - t1
         timings["check_s"] += time.perf_counter() - t2
-        ratio = verdict["residual_ratio"] / max(verdict["residual_ratio_no_blur"], 1e-12)
-        results.append((kernel, x, physics, verdict, ratio, float(gradient_sparsity(x))))
-    best_ratio = min(r[4] for r in results)
-    pick = min((i for i, r in enumerate(results) if r[4] <= CANDIDATE_GATE * best_ratio),
-               key=lambda i: results[i][5])
-    kernel, x, physics, verdict, _, _ = results[pick]
+        results.append(dict(kernel=kernel, image=x, physics=physics, verdict=verdict,
+                            sparsity=float(gradient_sparsity(x))))
+    ratio = lambda r: r["verdict"]["residual_ratio_relative"]   # noqa: E731
+    best_ratio = min(map(ratio, results))
+    pick = min((i for i, r in enumerate(results) if ratio(r) <= CANDIDATE_GATE * best_ratio),
+               key=lambda i: results[i]["sparsity"])
+    kernel, x, physics, verdict = (results[pick][key] for key in ("kernel", "image", "physics", "verdict"))
     info = {**timings, **verdict, "kernel_settings": tried[pick],
-            "candidates": [dict(settings=s, residual_ratio_relative=r[4], gradient_sparsity=r[5])
+            "candidates": [dict(settings=s, residual_ratio_relative=ratio(r), gradient_sparsity=r["sparsity"])
                            for s, r in zip(tried, results)]}
     if fallback and not verdict["kernel_trusted"]:
         x, kernel = verdict["fallback_image"], delta_kernel(kernel_size, device=y.device)

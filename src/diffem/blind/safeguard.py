@@ -54,7 +54,7 @@ def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, lim
                  no_blur: tuple[torch.Tensor, float] | None = None, **pnp_settings) -> dict:
     """Is ``physics.kernel`` trusted, given its PnP restoration x (on the canvas) of y (None: made here,
     with ``CHECK_PNP``)? ``no_blur``: ``no_blur_reference``'s result when already made. Returns the
-    verdict, both residual ratios, the restoration the verdict is about and the no-blur one (both on
+    verdict, both residual ratios and r/r₀, the restoration the verdict is about and the no-blur one (both on
     y's grid, on [0, 1]; the latter, at the check's σ, is the fallback)."""
     if physics.sigma < SIGMA_CHECK:    # both hypotheses at the check's noise floor
         physics, x = physics.with_sigma(SIGMA_CHECK), None
@@ -63,4 +63,4 @@ def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, lim
     r = residual_ratio(y, x, physics)
     fallback, r0 = no_blur_reference(y, physics, denoiser, **pnp_settings) if no_blur is None else no_blur
     return {"kernel_trusted": bool(r <= limit * r0), "residual_ratio": r, "residual_ratio_no_blur": r0,
-            "residual_limit": limit, "restored_image": physics.crop(x).clamp(0, 1), "fallback_image": fallback}
+            "residual_ratio_relative": r / max(r0, 1e-12), "residual_limit": limit, "restored_image": physics.crop(x).clamp(0, 1), "fallback_image": fallback}

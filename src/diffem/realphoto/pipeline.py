@@ -120,7 +120,7 @@ class _Scorer:
             y, trusted, no_blur = self.crop(i)
             physics = Blur.for_measurement(y, kernel, self.sigma, "valid", trusted=trusted)
             verdict = check_kernel(y, None, physics, self.den, no_blur=no_blur)
-            ratios.append(verdict["residual_ratio"] / max(verdict["residual_ratio_no_blur"], 1e-12))
+            ratios.append(verdict["residual_ratio_relative"])
             sparsity.append(float(gradient_sparsity(verdict["restored_image"])))
         return sum(ratios) / len(ratios), sum(sparsity) / len(sparsity)
 
