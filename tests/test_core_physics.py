@@ -264,6 +264,25 @@ def test_mstep_regularisers_and_pigdm_damping(crop128):
         estimate_kernel(crop128, y, 0.1, d, regulariser="pnp")
 
 
+def test_uninformative_x0_keeps_the_kernel_and_eq33_damping_flattens_it():
+    """Fast EM's first M-steps see an x̂0 without structure. For a constant x̂0 (with y's mean) the data
+    term says nothing about the kernel: by default (the authors' code) the M-step leaves it unchanged.
+    Eq. 33's damping then shrinks every non-zero frequency, and the projection returns the uniform
+    kernel, the minimum-energy one: why the damping is off by default."""
+    from diffem.mstep import KernelMStep
+
+    k = levin_kernel(3)
+    y = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    y = y - y.mean() + 0.4
+    x0 = torch.full((1, 3, 96, 96), 0.4)
+    physics = Blur(k, 10 / 255)
+    kept = KernelMStep(hqs=dict(regulariser="none"), recenter=False)(physics, y, x0, r2=0.05)
+    assert torch.allclose(kept, k, atol=1e-6)
+    damped = KernelMStep(hqs=dict(regulariser="none", n_iter=60), pigdm_damping=True,  # 60: converged to 1e-6
+                         recenter=False)(physics, y, x0, r2=0.05)
+    assert torch.allclose(damped, torch.full_like(k, 1 / k.numel()), atol=1e-6)
+
+
 def test_support_data_step_equals_full_fft_eq24():
     from diffem.mstep import SupportDataStep, data_terms, hqs_data_step
 

@@ -117,7 +117,8 @@ def _psnr(a, b) -> float:
 def test_fast_em_recovers_kernel_and_improves_image(gaussian_prior):
     """A stationary Gaussian prior only identifies |K| (p(y|k) depends on the kernel's modulus), so
     the test kernel is symmetric: a 9-px horizontal motion with a soft vertical profile. ℓ1 kernel
-    prior (λ = 100) removes the background the unregularised M-step leaks. Measured (seed 3):
+    prior (λ = 100) removes the background the unregularised M-step leaks. The prior is Gaussian, so
+    Eq. 33's expectation under N(x̂0, r_t² I) is exact here: the damped M-step. Measured (seed 3):
     kernel MSE 2.1e-5 against 4.1e-3 for the delta start (190×); PSNR of the 8-particle mean
     17.0 dB against 15.6 dB for the blurry input (single Gaussian-prior samples are noisy by nature)."""
     g = torch.Generator().manual_seed(3)
@@ -129,7 +130,8 @@ def test_fast_em_recovers_kernel_and_improves_image(gaussian_prior):
     sigma = 5 / 255
     y = Blur(k, sigma)(x, g)[0]
     r = diffem.deblur(y, sigma, prior=gaussian_prior, method="fast-em-pigdm", kernel_size=15, steps=100,
-                      n_particles=8, kernel_prior="l1", lam=100.0, progress=False, record_kernels=True)
+                      n_particles=8, kernel_prior="l1", lam=100.0, pigdm_damping=True, progress=False,
+                      record_kernels=True)
     mse = float(((r.kernel - k) ** 2).mean())
     start = float(((delta_kernel(15) - k) ** 2).mean())
     assert mse < start / 50, (mse, start)
