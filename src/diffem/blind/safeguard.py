@@ -63,4 +63,5 @@ def check_kernel(y: torch.Tensor, x: torch.Tensor | None, physics, denoiser, lim
     r = residual_ratio(y, x, physics)
     fallback, r0 = no_blur_reference(y, physics, denoiser, **pnp_settings) if no_blur is None else no_blur
     return {"kernel_trusted": bool(r <= limit * r0), "residual_ratio": r, "residual_ratio_no_blur": r0,
-            "residual_ratio_relative": r / max(r0, 1e-12), "residual_limit": limit, "restored_image": physics.crop(x).clamp(0, 1), "fallback_image": fallback}
+            "residual_ratio_relative": r / max(r0, 1e-12), "residual_limit": limit,
+            "restored_image": physics.crop(x).clamp(0, 1), "fallback_image": fallback}
