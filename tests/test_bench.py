@@ -252,6 +252,25 @@ def test_tuning_real_kernels_are_shrunk_into_the_support_with_a_margin(tmp_path)
         KernelSource("tuning-real:33", kernel_root=str(tmp_path / "empty"))
 
 
+def test_tuning_clean_kernels_are_turned_trajectories_shrunk_into_the_support():
+    """The tune-clean split's 16 kernels: the shipped Lai16-uniform trajectories in 4 rotations, each
+    within its extent (at most 17–27 px; a trajectory already smaller is not enlarged), non-negative,
+    sum 1; kernel j + 4 is kernel j turned by 90°."""
+    from diffem.benchmark.data import TUNING_CLEAN_EXTENTS
+
+    src = KernelSource("tuning-clean:33")
+    assert src.size == 33 and len(src._set) == 16
+    for j in range(16):
+        k = src.kernel(j).numpy()
+        rows, cols = np.nonzero(k > 1e-3 * k.max())
+        extent = max(np.ptp(rows), np.ptp(cols)) + 1
+        assert k.min() >= 0 and abs(k.sum() - 1) < 1e-5
+        assert 17 <= extent <= TUNING_CLEAN_EXTENTS[(j + j // 4) % 4] + 1
+    for j in range(12):   # the turn shows in the support's orientation (height and width swap)
+        a, b = (np.nonzero(src.kernel(i).numpy() > 0.05 * src.kernel(i).numpy().max()) for i in (j, j + 4))
+        assert (np.ptp(a[0]) > np.ptp(a[1])) != (np.ptp(b[0]) > np.ptp(b[1])) or np.ptp(a[0]) == np.ptp(a[1])
+
+
 def test_skip_takes_the_images_after_the_first_ones():
     from diffem.benchmark.data import list_images
 

@@ -9,6 +9,7 @@ from diffem.blind.safeguard import check_kernel, no_blur_reference
 from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.denoisers import load_denoiser
 from diffem.metrics import error_ratio
+from diffem.metrics.kernel import mse_up_to_shift
 from diffem.physics import Blur, blur, center_of_mass, delta_kernel, wiener_deconv
 from diffem.pnp import pnp_hqs
 from tests.conftest import levin_kernel
@@ -164,15 +165,38 @@ def test_l0_nnls_estimator_restores_nearly_as_well_as_the_true_kernel():
 
 def test_error_ratio_on_a_known_case(crop128):
     """ER = 1 for the true kernel; with a linear restorer (Wiener) the ER of the delta kernel is the ratio
-    of the two closed-form restorations' errors."""
+    of the two closed-form restorations' errors (each at its best translation, Levin et al.'s definition,
+    or plain); a translated true kernel translates the restoration: ER 1 up to shift, ≫ 1 without."""
     k = levin_kernel(4, 33)
     sigma = 5 / 255
     y = blur(crop128, k)[0] + sigma * torch.randn(crop128.shape[1:], generator=torch.Generator().manual_seed(1))
     wiener = lambda yy, kk, s, boundary: wiener_deconv(yy, kk, s)                       # noqa: E731
     assert error_ratio(y, k, k, crop128[0], sigma, restorer=wiener) == 1.0
-    mse = lambda kk: float(((wiener_deconv(y, kk, sigma).double().clamp(0, 1) - crop128[0]) ** 2).mean())  # noqa: E731
-    er = error_ratio(y, delta_kernel(33), k, crop128[0], sigma, restorer=wiener)
+    restored = lambda kk: wiener_deconv(y, kk, sigma).double().clamp(0, 1)               # noqa: E731
+    mse = lambda kk: float(((restored(kk) - crop128[0]) ** 2).mean())                     # noqa: E731
+    er = error_ratio(y, delta_kernel(33), k, crop128[0], sigma, restorer=wiener, up_to_shift=False)
     assert math.isclose(er, mse(delta_kernel(33)) / mse(k), rel_tol=1e-9) and er > 2
+    er = error_ratio(y, delta_kernel(33), k, crop128[0], sigma, restorer=wiener)
+    shifted = lambda kk: mse_up_to_shift(restored(kk), crop128[0])                        # noqa: E731
+    assert math.isclose(er, shifted(delta_kernel(33)) / shifted(k), rel_tol=1e-9) and er > 2
+    moved = torch.roll(k, (1, -2), (0, 1))          # k's support leaves the border free: a pure translation
+    assert error_ratio(y, moved, k, crop128[0], sigma, restorer=wiener) == pytest.approx(1.0, abs=1e-6)   # float32 Wiener
+    assert error_ratio(y, moved, k, crop128[0], sigma, restorer=wiener, up_to_shift=False) > 3
+
+
+def test_mse_up_to_shift_finds_integer_and_half_pixel_translations():
+    """Levin et al.'s comp_upto_shift: 0 for a translate of the image (integer, or half a pixel of a
+    ramp, where bilinear interpolation is exact), the plain MSE when no translation helps."""
+    g = torch.Generator().manual_seed(0)
+    big = torch.rand(3, 80, 80, generator=g, dtype=torch.float64)
+    x, x_hat = big[:, 5:-5, 5:-5], big[:, 7:-3, 2:-8]           # x̂(i, j) = x(i + 2, j − 3)
+    assert float(((x_hat - x) ** 2).mean()) > 0.1 and mse_up_to_shift(x_hat, x) == 0.0
+    ramp = torch.arange(64, dtype=torch.float64)[None, :].expand(64, 64) / 64
+    assert mse_up_to_shift(ramp + 0.5 / 64, ramp) < 1e-28
+    noise = torch.rand(64, 64, generator=g, dtype=torch.float64)
+    assert mse_up_to_shift(noise, torch.zeros(64, 64)) <= float((noise ** 2).mean())
+    with pytest.raises(ValueError, match="border"):
+        mse_up_to_shift(noise, noise, border=4)
 
 
 def test_safeguard_flags_a_wrong_kernel_and_trusts_the_right_one():

@@ -14,6 +14,8 @@
   12 generator kernels drawn at sizes 13–33 (small, thin trajectories included) and placed in the support.
 * ``tuning-real:33``: the real-camera-shake tuning kernels (``tuning_real_kernels``): the 30 kernels Lai
   et al. estimated from real blurry photos, shrunk to 15–27 px (needs the set: ``kernel_root``).
+* ``tuning-clean:33``: clean recorded trajectories (``tuning_clean_kernels``): the 4 shipped Lai16-uniform
+  ground-truth kernels, each in 4 rotations, shrunk to 17–27 px (16 kernels).
 * Measurement: ``boundary="circular"``: y = k ⊛ x + σ n on the crop (the authors' protocol, circular
   convolution, unclipped Gaussian noise). ``boundary="valid"``: the crop is taken (k−1) pixels larger and
   y = valid(k ⊛ x) + σ n, so y has the crop size and its borders carry real (non-periodic) content; the
@@ -134,6 +136,23 @@ def tuning_real_kernels(size: int = 33, root: str | None = None) -> list[np.ndar
                          size).numpy().astype(np.float32) for j, f in enumerate(files)]
 
 
+# the tune-clean split's extents; kernel j is Lai16-uniform kernel j mod 4 turned by (j div 4)·90°
+TUNING_CLEAN_EXTENTS = (17, 21, 25, 27)
+
+
+def tuning_clean_kernels(size: int = 33) -> list[np.ndarray]:
+    """Clean camera-shake trajectories for tuning: the 4 ground-truth kernels of Lai et al.'s (2016)
+    uniform set (recorded trajectories, shipped; 31–75 px), kernel j = kernel j mod 4 rotated by
+    (j div 4)·90° and shrunk by ``shrink_kernel`` to ``TUNING_CLEAN_EXTENTS[(j + j div 4) mod 4]`` px, in
+    (size, size): 16 thin, curved trajectories without the estimates' faint pedestals of tuning-real."""
+    from diffem.kernels.loaders import place_kernel
+
+    base = [np.load(f) for f in find_kernel_files("lai-uniform", None)]
+    return [place_kernel(shrink_kernel(np.rot90(base[j % 4], j // 4),
+                                       min(size - 2, TUNING_CLEAN_EXTENTS[(j + j // 4) % 4])),
+                         size).numpy().astype(np.float32) for j in range(16)]
+
+
 class KernelSource:
     """``kernel(i)`` -> (k,k) float32 tensor for image index i; ``size``; ``spec`` (text)."""
 
@@ -149,6 +168,9 @@ class KernelSource:
             self.size = int(parts[1])
             if head == "tuning":
                 self._set = tuning_kernels(self.size)
+                return
+            if head == "tuning-clean":
+                self._set = tuning_clean_kernels(self.size)
                 return
             if head == "tuning-real":
                 try:

@@ -235,7 +235,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         except ImportError as e:   # an optional dependency (diffusers) is missing
             raise ValueError(f"prior: {cfg.prior!r} cannot be loaded ({e})") from None
     cache = {}  # image index -> (x_gt_big, kernel)
-    reference_mse = {}  # (image, σ) -> MSE of the PnP restoration with the true kernel (for ER)
+    reference_mse = {}  # (image, σ) -> errors of the PnP restoration with the true kernel (for ER)
     seen_warnings = set()
     written, errors = [], []
     from tqdm import tqdm
@@ -362,14 +362,16 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
         if kh.shape == k.shape:
             row["kernel_mse"] = M.kernel_mse(kh, k).item()
             row["kernel_mse_aligned"] = M.kernel_mse_aligned(kh, k).item()
-    if k_hat is not None and cfg.error_ratio:   # Levin's ER with the PnP restorer (true-kernel MSE cached per item)
+    if k_hat is not None and cfg.error_ratio:   # Levin's ER with the PnP restorer (true-kernel errors cached per item)
         key = (name, s255)
         if key not in reference_mse:
             reference_mse.clear()
-            reference_mse[key] = float(((M.kernel.default_restorer(y, k, sigma, cfg.boundary).double().clamp(0, 1)
-                                         - gt64) ** 2).mean())
-        row["er"] = M.error_ratio(y, k_hat.detach().cpu(), k, gt64, sigma, cfg.boundary,
-                                  reference_mse=reference_mse[key])
+            reference_mse[key] = M.kernel.restoration_errors(M.kernel.default_restorer(y, k, sigma, cfg.boundary), gt64)
+        errors = M.kernel.restoration_errors(M.kernel.default_restorer(y, k_hat.detach().cpu().float(), sigma,
+                                                                       cfg.boundary), gt64)
+        # Levin's ER (both restorations at their best translation) and, as before session 15, without it
+        row["er"] = errors["mse_up_to_shift"] / max(reference_mse[key]["mse_up_to_shift"], 1e-20)
+        row["er_unaligned"] = errors["mse"] / max(reference_mse[key]["mse"], 1e-20)
         row["er_le2"] = float(row["er"] <= 2)
         row["er_le3"] = float(row["er"] <= 3)
     # reblur with the estimated kernel, or the true one for non-blind methods / no estimate

@@ -22,6 +22,7 @@ METRICS = [
     ("er", "ER", "{:.2f}"),
     ("er_le2", "ER≤2", "{:.0%}"),
     ("er_le3", "ER≤3", "{:.0%}"),
+    ("er_unaligned", "ER (no shift)", "{:.2f}"),
     ("ssim", "SSIM", "{:.3f}"),
     ("lpips", "LPIPS", "{:.3f}"),
     ("kernel_mse", "kernel MSE", "{:.2e}"),

@@ -12,6 +12,9 @@ PROTOCOLS = {
     # the realistic tuning split: other CBSD68 images × kernels estimated from real blurry photos
     "tune-real": dict(dataset=os.path.join("..", "shared", "data", "test", "CBSD68"), skip=16, limit=30, crop=256,
                       kernels="tuning-real:33", sigmas="5,10", kernel_root=os.path.join("..", "shared", "data", "kernels")),
+    # clean recorded trajectories (Lai16-uniform, shrunk and turned) on yet other CBSD68 images (session 15)
+    "tune-clean": dict(dataset=os.path.join("..", "shared", "data", "test", "CBSD68"), skip=46, limit=16, crop=256,
+                       kernels="tuning-clean:33", sigmas="5,10"),
     "validate": dict(dataset=os.path.join("..", "shared", "data", "test", "McMaster"), limit=18, crop=256,
                      kernels="levin:33", sigmas="5,10"),
 }
@@ -31,7 +34,9 @@ def register(sub):
                    help="a preset split: 'tune' = first 16 CBSD68 crops (256²) × the tuning kernels (tuning:33: "
                         "USRNet motion + generator kernels) × σ 5,10; 'tune-real' = the next 30 CBSD68 crops × 30 "
                         "kernels estimated from real blurry photos (tuning-real:33, Lai et al. 2016, shrunk to 15-27 "
-                        "px; ../shared/data/kernels) × σ 5,10; 'validate' = 18 McMaster crops × the 8 Levin "
+                        "px; ../shared/data/kernels) × σ 5,10; 'tune-clean' = the 16 CBSD68 crops after those × 16 clean "
+                        "recorded trajectories (tuning-clean:33: Lai16-uniform, turned, shrunk to 17-27 px) × σ 5,10; "
+                        "'validate' = 18 McMaster crops × the 8 Levin "
                         "kernels (levin:33, image i gets kernel i mod 8) × σ 5,10 — report on it, never tune on it")
     p.add_argument("--dataset", default=None, help=f"folder of ground-truth images (default {DEFAULT_DATASET})")
     p.add_argument("--out", default=None, help="output folder (created; reused to resume); required")
@@ -42,7 +47,7 @@ def register(sub):
     p.add_argument("--sigmas", default=None, help="noise levels on the 0..255 scale (default 5,10,20)")
     p.add_argument("--kernels", default=None,
                    help="generator:size[:key=value,...] (motion, handshake, gaussian, linear, mix), tuning:33, "
-                        "tuning-real:33 (see --protocol), a kernel set "
+                        "tuning-real:33, tuning-clean:33 (see --protocol), a kernel set "
                         "(levin, usrnet, lai-uniform: shipped; optionally :SIZE) or a .npy file/folder (default motion:33)")
     p.add_argument("--kernel-root", default=None,
                    help="folder holding other kernel sets (<set>/npy/*.npy; default: the sets shipped with diffem)")

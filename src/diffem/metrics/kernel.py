@@ -7,10 +7,15 @@
 * ``error_ratio``: Levin et al.'s (CVPR 2009) error ratio ER = MSE(restore(y, k̂)) / MSE(restore(y, k)),
   the same non-blind restorer with the estimated and with the true kernel (default: PnP-HQS with
   FFDNet): what the kernel costs the image; ER = 1 is perfect, Levin et al. count ER < 3 as a success.
+  Each MSE is taken, as in Levin et al.'s evaluation code (``comp_upto_shift``), at the best sub-pixel
+  translation of the restoration (``mse_up_to_shift``): a kernel and its translate explain y equally well,
+  so a translated restoration is not the kernel's error.
 * ``reblur_error``: per-element mean((k̂ ⊛ x̂ − y)²) − σ² (the paper's L_reblur up to its
   undetermined normalisation); ≈ 0 in expectation for the true image and kernel.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -85,16 +90,55 @@ def default_restorer(y: torch.Tensor, kernel: torch.Tensor, sigma: float, bounda
     return restore(y, kernel, sigma, method="pnp", boundary=boundary, progress=False).image
 
 
+def mse_up_to_shift(x_hat: torch.Tensor, x: torch.Tensor, max_shift: float = 5.0, step: float = 0.25,
+                    border: int = 15) -> float:
+    """min over translations t ∈ [−max_shift, max_shift]² (a grid of ``step``) of the MSE between x̂
+    translated by t (bilinear) and x, on x's interior (``border`` px removed): Levin et al.'s
+    ``comp_upto_shift`` (defaults theirs). x_hat, x: (C,H,W) or (H,W) of one shape."""
+    x_hat, x = torch.as_tensor(x_hat).double(), torch.as_tensor(x).double()
+    if x_hat.shape != x.shape:
+        raise ValueError(f"x_hat and x must have the same shape, got {tuple(x_hat.shape)} and {tuple(x.shape)}")
+    H, W = x.shape[-2:]
+    reach = int(max_shift) + 1
+    if border < reach or min(H, W) <= 2 * border:
+        raise ValueError(f"border must exceed max_shift and the image be larger than 2·border, got border={border}, "
+                         f"max_shift={max_shift}, image {H}×{W}")
+    inner = x[..., border:H - border, border:W - border]
+    shifts = [i * step - max_shift for i in range(int(round(2 * max_shift / step)) + 1)]
+
+    def translate(u, t, dim, n):   # u sampled at index + t along dim, over [border, n − border)
+        whole = math.floor(t)
+        frac = t - whole
+        lo = u.narrow(dim, border + whole, n - 2 * border)
+        return lo if frac == 0 else (1 - frac) * lo + frac * u.narrow(dim, border + whole + 1, n - 2 * border)
+
+    best = float("inf")
+    for tc in shifts:
+        cols = translate(x_hat, tc, -1, W)
+        for tr in shifts:
+            best = min(best, float(((translate(cols, tr, -2, H) - inner) ** 2).mean()))
+    return best
+
+
+def restoration_errors(restored: torch.Tensor, x: torch.Tensor) -> dict:
+    """The two errors of a restoration (C,H,W) against x: plain MSE and ``mse_up_to_shift``."""
+    restored = torch.as_tensor(restored).double().clamp(0, 1).reshape(x.shape)
+    x = torch.as_tensor(x).double()
+    return {"mse": float(((restored - x) ** 2).mean()), "mse_up_to_shift": mse_up_to_shift(restored, x)}
+
+
 def error_ratio(y, k_hat, k_true, x_true, sigma: float, boundary: str = "circular", restorer=None,
-                reference_mse: float | None = None) -> float:
-    """ER = MSE(restore(y, k̂), x) / MSE(restore(y, k), x) for one (C,H,W) image; ``restorer(y, kernel,
-    sigma, boundary) -> (C,H,W)``; ``reference_mse``: the denominator when already known (e.g. cached)."""
+                reference_mse: float | None = None, up_to_shift: bool = True) -> float:
+    """ER = MSE(restore(y, k̂), x) / MSE(restore(y, k), x) for one (C,H,W) image, each MSE at the best
+    translation (``mse_up_to_shift``, Levin et al.'s definition) unless ``up_to_shift`` is False;
+    ``restorer(y, kernel, sigma, boundary) -> (C,H,W)``; ``reference_mse``: the denominator when
+    already known (e.g. cached, of the same kind)."""
     restorer = restorer or default_restorer
     x = torch.as_tensor(x_true).double()
 
     def mse_with(kernel):
-        out = restorer(y, torch.as_tensor(kernel).float(), sigma, boundary).double().clamp(0, 1)
-        return float(((out.reshape(x.shape) - x) ** 2).mean())
+        out = restorer(y, torch.as_tensor(kernel).float(), sigma, boundary).double().clamp(0, 1).reshape(x.shape)
+        return mse_up_to_shift(out, x) if up_to_shift else float(((out - x) ** 2).mean())
 
     ref = mse_with(k_true) if reference_mse is None else float(reference_mse)
     return mse_with(k_hat) / max(ref, 1e-20)
