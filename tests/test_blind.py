@@ -9,7 +9,7 @@ from diffem.blind.safeguard import check_kernel, no_blur_reference
 from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.denoisers import load_denoiser
 from diffem.metrics import error_ratio
-from diffem.metrics.kernel import mse_up_to_shift
+from diffem.metrics.kernel import mse_up_to_shift, psnr_up_to_shift
 from diffem.physics import Blur, blur, center_of_mass, delta_kernel, wiener_deconv
 from diffem.pnp import pnp_hqs
 from tests.conftest import levin_kernel
@@ -197,6 +197,9 @@ def test_mse_up_to_shift_finds_integer_and_half_pixel_translations():
     assert mse_up_to_shift(noise, torch.zeros(64, 64)) <= float((noise ** 2).mean())
     with pytest.raises(ValueError, match="border"):
         mse_up_to_shift(noise, noise, border=4)
+    assert psnr_up_to_shift(x_hat, x) >= 299          # exact match (the MSE floor 1e-30)
+    small = noise[:20, :20]                          # too small to search: the plain PSNR
+    assert psnr_up_to_shift(small * 0.5, small) == pytest.approx(-10 * math.log10(float(((0.5 * small) ** 2).mean())))
 
 
 def test_safeguard_flags_a_wrong_kernel_and_trusts_the_right_one():

@@ -235,7 +235,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         except ImportError as e:   # an optional dependency (diffusers) is missing
             raise ValueError(f"prior: {cfg.prior!r} cannot be loaded ({e})") from None
     cache = {}  # image index -> (x_gt_big, kernel)
-    reference_mse = {}  # (image, σ) -> errors of the PnP restoration with the true kernel (for ER)
+    reference_mse = {}  # (image, σ) -> errors of the true kernel's PnP restoration and of y (for ER, gain)
     seen_warnings = set()
     written, errors = [], []
     from tqdm import tqdm
@@ -362,11 +362,16 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
         if kh.shape == k.shape:
             row["kernel_mse"] = M.kernel_mse(kh, k).item()
             row["kernel_mse_aligned"] = M.kernel_mse_aligned(kh, k).item()
+    key = (name, s255)
+    if cfg.error_ratio and key not in reference_mse:   # per item: the true kernel's restoration, the input
+        reference_mse.clear()
+        reference_mse[key] = M.kernel.restoration_errors(M.kernel.default_restorer(y, k, sigma, cfg.boundary), gt64)
+        reference_mse[key]["psnr_blurry_up_to_shift"] = M.kernel.psnr_up_to_shift(y.double().clamp(0, 1), gt64)
+    if cfg.error_ratio:   # blind deblurring cannot fix the image's position: the gain also up to translation
+        row["psnr_up_to_shift"] = M.kernel.psnr_up_to_shift(img, gt64)
+        row["gain_up_to_shift"] = row["psnr_up_to_shift"] - reference_mse[key]["psnr_blurry_up_to_shift"]
+        row["worse_up_to_shift"] = float(row["gain_up_to_shift"] < 0)
     if k_hat is not None and cfg.error_ratio:   # Levin's ER with the PnP restorer (true-kernel errors cached per item)
-        key = (name, s255)
-        if key not in reference_mse:
-            reference_mse.clear()
-            reference_mse[key] = M.kernel.restoration_errors(M.kernel.default_restorer(y, k, sigma, cfg.boundary), gt64)
         errors = M.kernel.restoration_errors(M.kernel.default_restorer(y, k_hat.detach().cpu().float(), sigma,
                                                                        cfg.boundary), gt64)
         # Levin's ER (both restorations at their best translation) and, as before session 15, without it

@@ -19,6 +19,8 @@ METRICS = [
     ("psnr_blurry", "blurry", "{:.2f}"),
     ("gain", "gain (dB)", "{:+.2f}"),
     ("worse", "worse than input", "{:.0%}"),
+    ("gain_up_to_shift", "gain up to shift", "{:+.2f}"),
+    ("worse_up_to_shift", "worse up to shift", "{:.0%}"),
     ("er", "ER", "{:.2f}"),
     ("er_le2", "ER≤2", "{:.0%}"),
     ("er_le3", "ER≤3", "{:.0%}"),

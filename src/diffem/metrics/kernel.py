@@ -9,7 +9,8 @@
   FFDNet): what the kernel costs the image; ER = 1 is perfect, Levin et al. count ER < 3 as a success.
   Each MSE is taken, as in Levin et al.'s evaluation code (``comp_upto_shift``), at the best sub-pixel
   translation of the restoration (``mse_up_to_shift``): a kernel and its translate explain y equally well,
-  so a translated restoration is not the kernel's error.
+  so a translated restoration is not the kernel's error. ``psnr_up_to_shift``: the PSNR of that MSE (the
+  bench's gain over the input up to translation, the same comparison for both).
 * ``reblur_error``: per-element mean((k̂ ⊛ x̂ − y)²) − σ² (the paper's L_reblur up to its
   undetermined normalisation); ≈ 0 in expectation for the true image and kernel.
 """
@@ -90,8 +91,11 @@ def default_restorer(y: torch.Tensor, kernel: torch.Tensor, sigma: float, bounda
     return restore(y, kernel, sigma, method="pnp", boundary=boundary, progress=False).image
 
 
+SHIFT_BORDER = 15   # comp_upto_shift's border; images must be larger than twice it
+
+
 def mse_up_to_shift(x_hat: torch.Tensor, x: torch.Tensor, max_shift: float = 5.0, step: float = 0.25,
-                    border: int = 15) -> float:
+                    border: int = SHIFT_BORDER) -> float:
     """min over translations t ∈ [−max_shift, max_shift]² (a grid of ``step``) of the MSE between x̂
     translated by t (bilinear) and x, on x's interior (``border`` px removed): Levin et al.'s
     ``comp_upto_shift`` (defaults theirs). x_hat, x: (C,H,W) or (H,W) of one shape."""
@@ -120,11 +124,20 @@ def mse_up_to_shift(x_hat: torch.Tensor, x: torch.Tensor, max_shift: float = 5.0
     return best
 
 
+def psnr_up_to_shift(x_hat: torch.Tensor, x: torch.Tensor) -> float:
+    """PSNR (dB, data range 1) of ``mse_up_to_shift``: how close x̂ is to x wherever it sits (the
+    plain PSNR where x is too small for the translation search)."""
+    return 10 * math.log10(1 / max(restoration_errors(x_hat, x)["mse_up_to_shift"], 1e-30))
+
+
 def restoration_errors(restored: torch.Tensor, x: torch.Tensor) -> dict:
-    """The two errors of a restoration (C,H,W) against x: plain MSE and ``mse_up_to_shift``."""
+    """The two errors of a restoration (C,H,W) against x: plain MSE and ``mse_up_to_shift`` (the plain
+    one again where x is too small for the translation search)."""
     restored = torch.as_tensor(restored).double().clamp(0, 1).reshape(x.shape)
     x = torch.as_tensor(x).double()
-    return {"mse": float(((restored - x) ** 2).mean()), "mse_up_to_shift": mse_up_to_shift(restored, x)}
+    mse = float(((restored - x) ** 2).mean())
+    shiftable = min(x.shape[-2:]) > 2 * SHIFT_BORDER
+    return {"mse": mse, "mse_up_to_shift": mse_up_to_shift(restored, x) if shiftable else mse}
 
 
 def error_ratio(y, k_hat, k_true, x_true, sigma: float, boundary: str = "circular", restorer=None,
@@ -137,8 +150,8 @@ def error_ratio(y, k_hat, k_true, x_true, sigma: float, boundary: str = "circula
     x = torch.as_tensor(x_true).double()
 
     def mse_with(kernel):
-        out = restorer(y, torch.as_tensor(kernel).float(), sigma, boundary).double().clamp(0, 1).reshape(x.shape)
-        return mse_up_to_shift(out, x) if up_to_shift else float(((out - x) ** 2).mean())
+        out = restorer(y, torch.as_tensor(kernel).float(), sigma, boundary)
+        return restoration_errors(out, x)["mse_up_to_shift" if up_to_shift else "mse"]
 
     ref = mse_with(k_true) if reference_mse is None else float(reference_mse)
     return mse_with(k_hat) / max(ref, 1e-20)
