@@ -235,7 +235,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
         except ImportError as e:   # an optional dependency (diffusers) is missing
             raise ValueError(f"prior: {cfg.prior!r} cannot be loaded ({e})") from None
     cache = {}  # image index -> (x_gt_big, kernel)
-    reference_mse = {}  # (image, σ) -> errors of the true kernel's PnP restoration and of y (for ER, gain)
+    references = {}  # (image, σ) -> errors of the true kernel's PnP restoration and of y (for ER, gain)
     seen_warnings = set()
     written, errors = [], []
     from tqdm import tqdm
@@ -295,7 +295,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
             print(f"bench: {spec.label} failed on {name} σ={s255:g}: {err['error']}", file=sys.stderr)
             continue
         row = _evaluate(name, s255, spec, image, k_hat, extra or {}, gt, y, k, sigma, seed, cost,
-                        cfg, lpips_model, reference_mse)
+                        cfg, lpips_model, references)
         msgs = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
         if msgs:  # kept in the row; printed once per run instead of once per item
             row["warnings"] = msgs
@@ -330,7 +330,7 @@ def run_benchmark(config: BenchConfig, on_row=None) -> dict:
 
 
 def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost, cfg, lpips_model,
-              reference_mse: dict) -> dict:
+              references: dict) -> dict:
     from diffem import metrics as M
 
     img = image.detach().cpu().double()
@@ -362,21 +362,23 @@ def _evaluate(name, s255, spec, image, k_hat, extra, gt, y, k, sigma, seed, cost
         if kh.shape == k.shape:
             row["kernel_mse"] = M.kernel_mse(kh, k).item()
             row["kernel_mse_aligned"] = M.kernel_mse_aligned(kh, k).item()
-    key = (name, s255)
-    if cfg.error_ratio and key not in reference_mse:   # per item: the true kernel's restoration, the input
-        reference_mse.clear()
-        reference_mse[key] = M.kernel.restoration_errors(M.kernel.default_restorer(y, k, sigma, cfg.boundary), gt64)
-        reference_mse[key]["psnr_blurry_up_to_shift"] = M.kernel.psnr_up_to_shift(y.double().clamp(0, 1), gt64)
-    if cfg.error_ratio:   # blind deblurring cannot fix the image's position: the gain also up to translation
+    if cfg.error_ratio:
+        key = (name, s255)
+        if key not in references:   # per item: the true kernel's restoration and the input, at their best translation
+            references.clear()
+            references[key] = M.kernel.restoration_errors(M.kernel.default_restorer(y, k, sigma, cfg.boundary), gt64)
+            references[key]["psnr_blurry_up_to_shift"] = M.kernel.psnr_up_to_shift(y.double().clamp(0, 1), gt64)
+        ref = references[key]
+        # blind deblurring cannot fix the image's position: the gain also up to translation
         row["psnr_up_to_shift"] = M.kernel.psnr_up_to_shift(img, gt64)
-        row["gain_up_to_shift"] = row["psnr_up_to_shift"] - reference_mse[key]["psnr_blurry_up_to_shift"]
+        row["gain_up_to_shift"] = row["psnr_up_to_shift"] - ref["psnr_blurry_up_to_shift"]
         row["worse_up_to_shift"] = float(row["gain_up_to_shift"] < 0)
-    if k_hat is not None and cfg.error_ratio:   # Levin's ER with the PnP restorer (true-kernel errors cached per item)
+    if k_hat is not None and cfg.error_ratio:   # Levin's ER with the PnP restorer
         errors = M.kernel.restoration_errors(M.kernel.default_restorer(y, k_hat.detach().cpu().float(), sigma,
                                                                        cfg.boundary), gt64)
         # Levin's ER (both restorations at their best translation) and, as before session 15, without it
-        row["er"] = errors["mse_up_to_shift"] / max(reference_mse[key]["mse_up_to_shift"], 1e-20)
-        row["er_unaligned"] = errors["mse"] / max(reference_mse[key]["mse"], 1e-20)
+        row["er"] = errors["mse_up_to_shift"] / max(ref["mse_up_to_shift"], 1e-20)
+        row["er_unaligned"] = errors["mse"] / max(ref["mse"], 1e-20)
         row["er_le2"] = float(row["er"] <= 2)
         row["er_le3"] = float(row["er"] <= 3)
     # reblur with the estimated kernel, or the true one for non-blind methods / no estimate

@@ -130,14 +130,16 @@ def psnr_up_to_shift(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     return 10 * math.log10(1 / max(restoration_errors(x_hat, x)["mse_up_to_shift"], 1e-30))
 
 
-def restoration_errors(restored: torch.Tensor, x: torch.Tensor) -> dict:
-    """The two errors of a restoration (C,H,W) against x: plain MSE and ``mse_up_to_shift`` (the plain
-    one again where x is too small for the translation search)."""
+def restoration_errors(restored: torch.Tensor, x: torch.Tensor, up_to_shift: bool = True) -> dict:
+    """The errors of a restoration (C,H,W) against x: plain MSE and (unless ``up_to_shift`` is False)
+    ``mse_up_to_shift``, the plain one again where x is too small for the translation search."""
     restored = torch.as_tensor(restored).double().clamp(0, 1).reshape(x.shape)
     x = torch.as_tensor(x).double()
-    mse = float(((restored - x) ** 2).mean())
-    shiftable = min(x.shape[-2:]) > 2 * SHIFT_BORDER
-    return {"mse": mse, "mse_up_to_shift": mse_up_to_shift(restored, x) if shiftable else mse}
+    out = {"mse": float(((restored - x) ** 2).mean())}
+    if up_to_shift:
+        shiftable = min(x.shape[-2:]) > 2 * SHIFT_BORDER
+        out["mse_up_to_shift"] = mse_up_to_shift(restored, x) if shiftable else out["mse"]
+    return out
 
 
 def error_ratio(y, k_hat, k_true, x_true, sigma: float, boundary: str = "circular", restorer=None,
@@ -150,8 +152,8 @@ def error_ratio(y, k_hat, k_true, x_true, sigma: float, boundary: str = "circula
     x = torch.as_tensor(x_true).double()
 
     def mse_with(kernel):
-        out = restorer(y, torch.as_tensor(kernel).float(), sigma, boundary)
-        return restoration_errors(out, x)["mse_up_to_shift" if up_to_shift else "mse"]
+        errors = restoration_errors(restorer(y, torch.as_tensor(kernel).float(), sigma, boundary), x, up_to_shift)
+        return errors["mse_up_to_shift" if up_to_shift else "mse"]
 
     ref = mse_with(k_true) if reference_mse is None else float(reference_mse)
     return mse_with(k_hat) / max(ref, 1e-20)
