@@ -120,8 +120,8 @@ def test_multiscale_estimate_restores_nearly_as_well_as_the_true_kernel():
 
 def test_default_method_keeps_the_sparsest_of_its_candidates_that_fit():
     """deblur_multiscale tries CANDIDATES (identical settings once) and keeps, among those within
-    CANDIDATE_GATE of the best r/r₀, the one whose restoration has the sparsest gradients; its kernel is the
-    multiscale stage's with those settings, and it restores better than the input."""
+    CANDIDATE_GATE of the best r/r₀, the one whose restoration has the sparsest gradients; the kernel it
+    refines is the multiscale stage's with those settings, and it restores better than the input."""
     from diffem.blind import estimate_kernel
     from diffem.blind.pipeline import CANDIDATE_GATE, CANDIDATES, deblur_multiscale
 
@@ -136,11 +136,34 @@ def test_default_method_keeps_the_sparsest_of_its_candidates_that_fit():
     kept = min((c for c in scores if c["residual_ratio_relative"] <= CANDIDATE_GATE * best),
                key=lambda c: c["gradient_sparsity"])
     assert info["kernel_settings"] == kept["settings"]
-    assert torch.equal(k_hat, estimate_kernel(y, sigma, 33, den, **kept["settings"]))
+    assert torch.equal(info["unrefined_kernel"], estimate_kernel(y, sigma, 33, den, **kept["settings"]))
+    assert k_hat.shape == (33, 33) and abs(float(k_hat.sum()) - 1) < 1e-5 and float(k_hat.min()) >= 0
     assert _psnr(image, x) > _psnr(y, x) + 2
     # a setting given explicitly pins it: one candidate
     _, _, pinned = deblur_multiscale(y, sigma, 33, den, kernel_settings={"edge_window": 0.2})
     assert [c["settings"] for c in pinned["candidates"]] == [{"edge_window": 0.2}]
+    with pytest.raises(ValueError, match="refine_rounds"):
+        deblur_multiscale(y, sigma, 33, den, refine_rounds=-1)
+
+
+def test_refinement_step_brings_a_smoothed_kernel_back_towards_the_truth():
+    """refine_kernel, given the sharp photo as the restoration (noise-free, circular): a tuning kernel
+    smoothed by a 3×3 box comes back ≥ 3× closer to the truth in squared error (measured 4.7×); with 40
+    columns of v missing (imputed with k ⊛ x̃), ≥ 2× (measured 2.8×). The result is a kernel."""
+    from diffem.blind.pipeline import refine_kernel
+
+    x = _chelsea()
+    k = _tuning_kernel(7).float()
+    v = blur(x, k)[0].mean(0)
+    start = torch.nn.functional.avg_pool2d(k[None, None], 3, 1, 1)[0, 0]
+    start = start / start.sum()
+    error = lambda kernel: float(((kernel - k) ** 2).sum())  # noqa: E731
+    refined = refine_kernel(v, x, start)
+    assert refined.shape == k.shape and abs(float(refined.sum()) - 1) < 1e-5 and float(refined.min()) >= 0
+    assert error(refined) < error(start) / 3
+    observed = torch.ones(v.shape, dtype=torch.bool)
+    observed[:, :40] = False
+    assert error(refine_kernel(v, x, start, observed)) < error(start) / 2
 
 
 def test_l0_nnls_estimator_restores_nearly_as_well_as_the_true_kernel():

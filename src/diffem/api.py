@@ -130,7 +130,8 @@ def deblur(y, sigma, prior="default", method: str = "multiscale-pnp", kernel_siz
     (unclipped noise is fine). sigma: noise std on [0,1] (a number or '5/255').
     method: multiscale-pnp (default: ``diffem.blind``; deterministic, any size, uses ``denoiser`` and
     not the prior; options ``fallback`` (True), ``kernel_settings`` (or its keys one by one: ``lam``,
-    ``threshold``, …, see ``diffem.blind.multiscale.DEFAULTS``), ``pnp_settings``) |
+    ``threshold``, …, see ``diffem.blind.multiscale.DEFAULTS``), ``pnp_settings``, ``refine_rounds``
+    (``diffem.blind.pipeline.REFINE_ROUNDS``; 0: the kernel as estimated)) |
     fast-em-pigdm | fast-em-dps | em-pigdm | em-dps (the paper's, with ``prior``). For these,
     ``output="restored"`` (default) makes ``Result.image`` the PnP-HQS restoration (``denoiser``) with
     the estimated kernel, the best measured image stage; ``output="sample"`` keeps the paper's
@@ -246,7 +247,7 @@ def _restore_pnp(y, kernel, sigma, boundary, denoiser, prior, device, progress, 
                         "boundary": boundary, "n_particles": 1})
 
 
-MULTISCALE_OPTIONS = ("fallback", "kernel_settings", "pnp_settings")
+MULTISCALE_OPTIONS = ("fallback", "kernel_settings", "pnp_settings", "refine_rounds")
 
 
 def _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device, progress, options) -> Result:
@@ -274,7 +275,7 @@ def _deblur_multiscale(y, sigma, kernel_size, boundary, denoiser, prior, device,
     x, k, info = deblur_multiscale(y4, sigma, kernel_size, den, boundary=boundary, progress=progress, **options)
     run_s = time.perf_counter() - t1
     timings = {"load_denoiser_s": load_s, "run_s": run_s,
-               **{key: info.pop(key) for key in ("kernel_s", "restore_s", "check_s")}}
+               **{key: info.pop(key) for key in ("kernel_s", "restore_s", "refine_s", "check_s")}}
     return Result(image=x[0], kernel=k, samples=x, timings=timings,
                   info={"method": "multiscale-pnp", "denoiser": getattr(den, "name", "custom"), "sigma": sigma,
                         "boundary": boundary, "n_particles": 1, **info})

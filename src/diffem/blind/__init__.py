@@ -3,7 +3,7 @@
 * ``steps``: the ℓ0 latent image, the non-negative least-squares kernel step, kernel cleaning;
 * ``multiscale``: coarse-to-fine estimation with those steps;
 * ``safeguard``: the data-fit check of a kernel and the conservative fallback;
-* ``pipeline``: pre-denoise → kernel → PnP-HQS restoration → safeguard (``deblur_multiscale``).
+* ``pipeline``: pre-denoise → kernel → PnP-HQS restoration → kernel refinement → safeguard (``deblur_multiscale``).
 """
 from diffem.blind.multiscale import estimate_kernel_multiscale
 from diffem.blind.pipeline import deblur_multiscale, estimate_kernel
