@@ -104,14 +104,15 @@ def estimate_kernel_denoised(v: torch.Tensor, sigma: float, kernel_size: int, bo
 
 
 def refine_kernel(v: torch.Tensor, x: torch.Tensor, kernel: torch.Tensor, mask: torch.Tensor | None = None,
-                  lam: float = REFINE_LAM, **settings) -> torch.Tensor:
+                  smoothing: float = REFINE_LAM, **settings) -> torch.Tensor:
     """Step 4: one kernel step from a restoration. v (H, W): ``predenoise``'s grey image on x's canvas;
     x (1, C, H, W): the restoration with ``kernel``; ``mask`` (H, W) bool: the pixels of v that are data
     (None: all; the others are imputed with k ⊛ x̃, the multiscale stage's EM step). x̃ = ℓ0 gradient
-    smoothing of x's grey image (``l0_latent`` with a δ kernel), then k ← clean(NNLS(x̃, v)) from
-    ``kernel``; ``settings``: the kernel step's and clean-up's γ, threshold, … (``multiscale.DEFAULTS``)."""
+    smoothing (weight ``smoothing``) of x's grey image (``l0_latent`` with a δ kernel), then
+    k ← clean(NNLS(x̃, v)) from ``kernel``; ``settings``: the multiscale stage's (its γ, threshold, …
+    are used; ``multiscale.DEFAULTS``)."""
     p = {**MULTISCALE_DEFAULTS, **settings}
-    x_s = l0_latent(x[0].mean(0).float(), delta_kernel(3, dtype=torch.float32, device=x.device), lam)
+    x_s = l0_latent(x[0].mean(0).float(), delta_kernel(3, dtype=torch.float32, device=x.device), smoothing)
     kernel = kernel.float().to(x.device)
     if mask is not None:
         v = torch.where(mask, v, blur(x_s[None, None], kernel)[0, 0])
@@ -164,7 +165,7 @@ def deblur_multiscale(y: torch.Tensor, sigma: float, kernel_size: int, denoiser,
                key=lambda i: results[i]["sparsity"])
     kernel, x_canvas, physics = (results[pick][key] for key in ("kernel", "canvas", "physics"))
     t = time.perf_counter()
-    step = {key: tried[pick][key] for key in ("gamma", "nnls_iters", "threshold", "min_mass") if key in tried[pick]}
+    step = {key: value for key, value in tried[pick].items() if key in MULTISCALE_DEFAULTS}
     v_canvas = physics.canvas(v[None, None])[0, 0]
     mask = None if physics.mask is None else physics.mask.reshape(v_canvas.shape)
     unrefined = kernel
