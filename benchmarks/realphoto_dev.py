@@ -281,6 +281,8 @@ def candidates(args) -> int:
     if not out.parent.is_dir():
         raise UsageError(f"--out: folder {str(out.parent)!r} does not exist")
     done = {json.loads(line)["name"] for line in open(out)} if out.exists() else set()
+    if args.kernels_out:
+        need_dir(args.kernels_out, "--kernels-out")
     try:
         extra = [(e, int(n)) for e, n in (c.rsplit(":", 1) for c in args.extra)]
     except ValueError:
@@ -299,6 +301,10 @@ def candidates(args) -> int:
         kernels = {f"{e}-{n}": estimate_kernel_denoised(v, sigma, n, "valid", trusted, e)
                    for e, n in kernel_candidates(ksize, auto) + extra}
         kernels["true"] = torch.from_numpy(np.load(data / p["kernel_npy"])).float()
+        if args.kernels_out:   # every kernel of this photo, for analyses that need no re-estimation
+            from diffem.files import atomic_write
+            atomic_write(Path(args.kernels_out) / f"{p['name']}.npz", lambda tmp: np.savez(
+                tmp, **{n: k.double().numpy() for n, k in kernels.items()}))
         (t, l), = informative_windows(y, SCORE_SIZE, ksize, 1)
         yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], trusted[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
             gt[t:t + SCORE_SIZE, l:l + SCORE_SIZE]
@@ -456,6 +462,7 @@ def main(argv=None) -> int:
     c.add_argument("--threads", type=int, default=2, help="torch threads")
     c.add_argument("--extra", nargs="*", default=[], help="more candidates to score beside the pipeline's, e.g. "
                    "l0-nnls:45 multiscale:61 (the choice is reported with and without them)")
+    c.add_argument("--kernels-out", default=None, help="also write each photo's kernels to KERNELS_OUT/NAME.npz")
     one = sub.add_parser("l0", help="Anger ℓ0 ('valid' boundary) on one photo")
     one.add_argument("input")
     one.add_argument("-o", "--output", required=True)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from diffem.physics import crop_kernel, delta_kernel, kernel_to_otf, recenter
+from diffem.physics import crop_kernel, delta_kernel, fft_size, kernel_to_otf, recenter
 
 
 def dx(u: torch.Tensor) -> torch.Tensor:
@@ -73,22 +73,43 @@ def edge_usefulness(v: torch.Tensor, window: int) -> torch.Tensor:
 
 
 def kernel_nnls(x: torch.Tensor, v: torch.Tensor, ksize: int, gamma: float, iters: int = 200,
-                k_init: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+                k_init: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
     """argmin_{k ≥ 0} Σ_d ‖∂_d x ⊛ k − ∂_d v‖² + γ‖k‖² over a ksize×ksize kernel (FISTA, step 1/L);
     with ``weight`` (H, W), x's gradients are weighted by it (``edge_usefulness``: Xu & Jia's selected ∇I_s).
 
     The quadratic form only needs the gradients' autocorrelation R on the (2k−1)² window around 0
     and their cross-correlation b on the support; R ⊛ k on the support is one FFT product on a
-    (3k−2)² grid (the linear convolution's extent, so nothing wraps onto the support)."""
-    shape = x.shape[-2:]
-    num = den = 0
-    for d in (dx, dy):
-        X, V = torch.fft.rfft2(d(x) if weight is None else d(x) * weight), torch.fft.rfft2(d(v))
-        num, den = num + X.conj() * V, den + X.abs() ** 2
-    grid = (3 * ksize - 2,) * 2
-    R = kernel_to_otf(crop_kernel(torch.fft.irfft2(den, s=shape), 2 * ksize - 1), grid)
-    b = crop_kernel(torch.fft.irfft2(num, s=shape), ksize)
-    normal = lambda k: crop_kernel(torch.fft.irfft2(R * kernel_to_otf(k, grid), s=grid), ksize) + gamma * k  # noqa: E731
+    (3k−2)² grid (the linear convolution's extent, so nothing wraps onto the support).
+    With ``mask`` (H, W) bool the residual counts only where both pixels of a difference are in it: the
+    exact least squares of a 'valid' blur, whatever the canvas holds elsewhere (it must stay ⌊k/2⌋ px
+    inside the canvas). The normal operator is then two FFT pairs per direction per iteration, on the
+    canvas zero-padded to a fast FFT size (exact: nothing the mask sees wraps)."""
+    if mask is None:
+        shape = x.shape[-2:]
+        num = den = 0
+        for d in (dx, dy):
+            X, V = torch.fft.rfft2(d(x) if weight is None else d(x) * weight), torch.fft.rfft2(d(v))
+            num, den = num + X.conj() * V, den + X.abs() ** 2
+        grid = (3 * ksize - 2,) * 2
+        R = kernel_to_otf(crop_kernel(torch.fft.irfft2(den, s=shape), 2 * ksize - 1), grid)
+        b = crop_kernel(torch.fft.irfft2(num, s=shape), ksize)
+        normal = lambda k: (crop_kernel(torch.fft.irfft2(R * kernel_to_otf(k, grid), s=grid), ksize)  # noqa: E731
+                            + gamma * k)
+    else:
+        shape = tuple(fft_size(n) for n in x.shape[-2:])
+        pad = lambda u: F.pad(u, (0, shape[1] - u.shape[-1], 0, shape[0] - u.shape[-2]))  # noqa: E731
+        back = lambda X, r: crop_kernel(torch.fft.irfft2(X.conj() * torch.fft.rfft2(r), s=shape), ksize)  # noqa: E731
+        spectra, masks, b, den = [], [], 0, 0
+        for d, shift in ((dx, (0, -1)), (dy, (-1, 0))):
+            X = torch.fft.rfft2(pad(d(x) if weight is None else d(x) * weight))
+            m = pad((mask & mask.roll(shift, (0, 1))).to(x.dtype))
+            spectra.append(X), masks.append(m)
+            b, den = b + back(X, pad(d(v)) * m), den + X.abs() ** 2
+
+        def normal(k):
+            K = kernel_to_otf(k, shape)
+            return gamma * k + sum(back(X, torch.fft.irfft2(X * K, s=shape) * m) for X, m in zip(spectra, masks))
     step = 1.0 / (float(den.max()) + gamma)
     k = b.clamp_min(0) if k_init is None else k_init.to(b.dtype).clone()
     z, t = k.clone(), 1.0
