@@ -270,6 +270,7 @@ def candidates(args) -> int:
     from diffem.blind.pipeline import estimate_kernel_denoised, predenoise
     from diffem.blind.safeguard import check_kernel, no_blur_reference
     from diffem.denoisers import load_denoiser
+    from diffem.files import atomic_write
     from diffem.metrics.no_reference import gradient_sparsity
     from diffem.physics import Blur, delta_kernel
     from diffem.realphoto.noise import estimate_sigma
@@ -302,7 +303,6 @@ def candidates(args) -> int:
                    for e, n in kernel_candidates(ksize, auto) + extra}
         kernels["true"] = torch.from_numpy(np.load(data / p["kernel_npy"])).float()
         if args.kernels_out:   # every kernel of this photo, for analyses that need no re-estimation
-            from diffem.files import atomic_write
             atomic_write(Path(args.kernels_out) / f"{p['name']}.npz", lambda tmp: np.savez(
                 tmp, **{n: k.double().numpy() for n, k in kernels.items()}))
         (t, l), = informative_windows(y, SCORE_SIZE, ksize, 1)

@@ -37,9 +37,9 @@ DEFAULTS = dict(lam=3.2e-2, lam_ratio=1 / 1.1, lam_min=1e-4, gamma=20.0, iters=5
                 min_size=5, min_image=None, threshold=0.05, min_mass=0.1, nnls_iters=200, support_margin=None,
                 edge_window=None, masked_ls=None, masked_iters=60)
 # The kernel step's least squares counts only the observed pixels (``masked_ls``; None = on canvases up to
-# this size: the exact 'valid' likelihood, 4–6× the cost of a step, which the photo pipeline's 1024–1280 px
-# windows leave to the EM imputation; the photo pipeline keeps EM everywhere). Tuning splits, 'valid' (session 18): Levin's ER tune-real 1.860 → 1.736
-# (ER ≤ 2 on 77 → 83 %, gain +3.30 → +3.65 dB), tune 1.634 → 1.596 (88 → 91 %); circular data have no mask.
+# this size, where its 4–6× cost per step is affordable; the photo pipeline passes False and keeps EM). The
+# exact 'valid' likelihood; tuning splits, 'valid' (session 18): Levin's ER tune-real 1.860 → 1.736 (ER ≤ 2
+# on 77 → 83 %, gain +3.30 → +3.65 dB), tune 1.634 → 1.596 (88 → 91 %); circular data have no mask.
 MASKED_LS_MAX_PIXELS = 512 * 512
 LAM_SIGMA = 5 / 255   # λ was tuned at σ = 5 and 10/255; below 5/255 fewer edges need dropping
 
