@@ -226,6 +226,7 @@ def test_deblur_photo_default_method_whole_photo():
     r = deblur_photo(y, sigma="auto", device="cpu", progress=False)
     assert r.image.shape == (1, 79, 74) and r.window is None and r.restore in ("pnp", "denoised")
     assert r.sigma_estimated and r.sigma >= 1 / 255 and r.info["windows_tried"] == 1
+    assert r.info["estimator"] == "multiscale-refined"   # a small photo: the 256² method's kernel
     assert r.kernel.shape[0] % 2 == 1 and 9 <= r.kernel.shape[0] <= (74 // 4) | 1   # auto: at most a quarter
     assert abs(float(r.kernel.sum()) - 1) < 1e-4 and r.kernel.min() >= 0
     assert r.info["kernel_support"] == trim_kernel(r.kernel).shape[-1] <= r.kernel.shape[0]
@@ -336,3 +337,17 @@ def test_saturated_is_the_square_dilation_of_the_clipped_pixels(ksize):
     r = max(ksize // 2, 1)
     expected = ndimage.binary_dilation(clipped, structure=np.ones((2 * r + 1, 2 * r + 1), bool))
     assert clipped.sum() == 61 and np.array_equal(saturated(y, ksize).numpy(), expected)
+
+
+def test_edge_distance_of_kernel_taps():
+    """The small-photo path's trigger for the long-support candidates: how close a kernel's taps come to
+    the edge of its support."""
+    from diffem.realphoto.pipeline import edge_distance
+
+    k = torch.zeros(9, 9)
+    k[4, 4] = 1
+    assert edge_distance(k) == 4
+    k[4, 7] = 0.5
+    assert edge_distance(k) == 1
+    k[0, 4] = 0.1
+    assert edge_distance(k) == 0

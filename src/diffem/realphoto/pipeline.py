@@ -5,8 +5,10 @@
 2. Trusted pixels: clipped (saturated) pixels and their direct neighbours leave the likelihood
    (``Blur(trusted=…)``): their value is not k ⊛ x. (Their blurred surroundings are measurements of
    a scene that may exceed 1 where it was clipped: they stay, the latent image is not bounded.)
-3. Kernel: on the whole photo when it fits in ``window``·``full_factor``, else on up to ``windows``
-   non-overlapping informative windows (``tiling.informative_windows``), each kernel then scored by
+3. Kernel: a photo of at most ``SMALL_PHOTO`` px gets the 256² method's kernel (``blind.deblur_multiscale``,
+   at most ``SMALL_KERNEL`` px when the size is "auto"); if that kernel reaches the edge of its support
+   (the blur may be longer), it competes with the candidates below. A larger photo: on the whole photo
+   when it fits in ``window``·``full_factor``, else on up to ``windows`` non-overlapping informative windows (``tiling.informative_windows``), each kernel then scored by
    how well it explains the *other* windows (PnP restoration's residual relative to the no-blur
    hypothesis, the safeguard's test) and the best one kept. Candidates on the best window: the
    multiscale kernel stage at the support (``kernel_size="auto"``: at 25, 45 and min(75, a quarter of
@@ -36,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 import diffem
-from diffem.blind.pipeline import estimate_kernel_denoised, predenoise
+from diffem.blind.pipeline import deblur_multiscale, estimate_kernel_denoised, predenoise
 from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel, no_blur_reference
 from diffem.denoisers import FFDNetDenoiser, load_denoiser
 from diffem.metrics.no_reference import gradient_sparsity
@@ -72,6 +74,20 @@ ROUGH_GATE = 1.03
 # the true kernel on the dev crops −0.001 dB on average (worst −0.042) against fp32; bf16 throughout −0.053.
 # The kernel stage (its scores and gates) stays fp32.
 BF16_FROM = 10 / 255
+# Photos up to SMALL_PHOTO px get the 256² method's kernel (``blind.deblur_multiscale``: coarse-to-fine with
+# the trained kernel prior and its masked step, at min(auto support, SMALL_KERNEL) px) instead of the
+# candidates below, which were tuned on the large dev-set photos. Tune-real (30 CBSD68 crops 256² × 30
+# real-photo kernels × σ 5, 10, 'valid'; session 20): gain +2.77 → +3.23 dB, mean ER 1.92 → 1.85, ER ≤ 2
+# 73 → 80 %, worse than the input 4 → 3, 18.0 → 16.5 s; the demo's 224² cat 24.03 → 26.99 dB (input 25.46).
+# Offering it as one more candidate instead: +3.18 dB, ER 1.76, 4 worse, 31 s.
+# When that kernel reaches within EDGE_MARGIN px of its support's edge the blur may be longer than the support:
+# the candidates below are estimated too and it competes with them (tune-real: +3.33 dB, ER 1.74, ER ≤ 2 82 %,
+# 2 worse; the 7 of 60 items that triggered it kept their result or, 167062 σ 10, −0.36 → +5.42 dB, with any
+# margin 1–3; Lai16 real 'leaf', a ~80 px blur whose 33 px kernel comes within 1 px of the edge, is sharpened
+# only by the 75 px ℓ0-NNLS candidate).
+SMALL_PHOTO = 512
+SMALL_KERNEL = 33
+EDGE_MARGIN = 2
 
 
 @dataclass
@@ -132,6 +148,12 @@ def kernel_candidates(ksize: int, auto_size: bool) -> list[tuple[str, int]]:
     both orientations (each finds long trajectories that the multiscale stage loses)."""
     sizes = [n for n in AUTO_SIZES if n < ksize] + [ksize] if auto_size else [ksize]
     return [("multiscale", n) for n in sizes] + [(e, ksize) for e in ("l0-nnls", "spectral", "spectral-flipped")]
+
+
+def edge_distance(kernel: torch.Tensor) -> int:
+    """How many pixels separate the kernel's non-zero taps from the edge of its support (0: they touch it)."""
+    taps = torch.nonzero(kernel > 0)
+    return int(min(taps.min(), kernel.shape[-1] - 1 - taps.max())) if len(taps) else kernel.shape[-1] // 2
 
 
 def _choose(scores: list[tuple[float, float]], rough: tuple[int, ...] = ()) -> int:
@@ -226,9 +248,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     score = _Scorer(regions, sigma_r, den, ksize)
     if multiscale:
         settings = dict(options.pop("kernel_settings", {}))
-        # EM's imputation, not the masked kernel step the 256² method uses on small canvases: the candidates,
-        # gates and limits here were tuned with it, and on the demo's 224² cat the masked step turned a
-        # trusted kernel (+1.3 dB) into the fallback (r/r₀ 1.047 → 1.068; session 18)
+        # the candidates use EM's imputation, not the 256² method's masked kernel step: their gates and limits
+        # were tuned with it (swapping the step alone turned the demo cat's kernel untrusted; session 18)
         settings.setdefault("masked_ls", False)
 
         def estimate(region, candidate, denoised=None):
@@ -236,10 +257,18 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
             v = predenoise(region[0], sigma_k, den) if denoised is None else denoised
             return estimate_kernel_denoised(v, sigma_k, size, boundary, region[1], estimator,
                                             **(settings if estimator == "multiscale" else {}))
-        candidates = kernel_candidates(ksize, auto_size)
-        denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
-        found = [estimate(regions[0], c, denoised)
-                 for c in tqdm(candidates, desc="kernel candidates", disable=not progress, leave=False)]
+        small, candidates, found = whole and max(H, W) <= SMALL_PHOTO, [], []
+        if small:
+            size = min(ksize, SMALL_KERNEL) if auto_size else ksize
+            _, refined, _ = deblur_multiscale(regions[0][0], sigma_r, size, den, boundary=boundary,
+                                              trusted=regions[0][1], fallback=False)
+        if not small or (auto_size and edge_distance(refined) <= EDGE_MARGIN):
+            candidates = kernel_candidates(ksize, auto_size)
+            denoised = predenoise(regions[0][0], sigma_k, den)   # once for all the candidates
+            found = [estimate(regions[0], c, denoised)
+                     for c in tqdm(candidates, desc="kernel candidates", disable=not progress, leave=False)]
+        if small:
+            candidates, found = candidates + [("multiscale-refined", size)], found + [refined.float()]
         scores = [score(k.to(dev), [0]) for k in found]
         pick = _choose(scores, rough=tuple(i for i, (e, _) in enumerate(candidates) if e.startswith("spectral")))
         info["candidates"] = [dict(estimator=e, size=n, residual_ratio_relative=r, gradient_sparsity=g)
