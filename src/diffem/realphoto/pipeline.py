@@ -8,9 +8,10 @@
 3. Kernel: a photo of at most ``SMALL_PHOTO`` px gets the 256² method's kernel (``blind.deblur_multiscale``,
    at most ``SMALL_KERNEL`` px when the size is "auto"); if that kernel reaches the edge of its support
    (the blur may be longer), it competes with the candidates below. A larger photo: on the whole photo
-   when it fits in ``window``·``full_factor``, else on up to ``windows`` non-overlapping informative windows (``tiling.informative_windows``), each kernel then scored by
-   how well it explains the *other* windows (PnP restoration's residual relative to the no-blur
-   hypothesis, the safeguard's test) and the best one kept. Candidates on the best window: the
+   when it fits in ``window``·``full_factor``, else on up to ``windows`` non-overlapping informative
+   windows (``tiling.informative_windows``), each kernel then scored by how well it explains the *other*
+   windows (PnP restoration's residual relative to the no-blur hypothesis, the safeguard's test) and the
+   best one kept. Candidates on the best window: the
    multiscale kernel stage at the support (``kernel_size="auto"``: at 25, 45 and min(75, a quarter of
    the photo)), and at the largest support the ℓ0-NNLS scheme and the kernel phase-retrieved from the
    photo's gradient autocorrelation (``blind.spectral``, in both orientations); each is scored on the
