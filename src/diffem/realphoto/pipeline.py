@@ -44,7 +44,7 @@ from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel, no_blur_referen
 from diffem.denoisers import FFDNetDenoiser, load_denoiser
 from diffem.metrics.no_reference import gradient_sparsity
 from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
-from diffem.physics import Blur, crop, delta_kernel, trim_kernel, wiener_deconv
+from diffem.physics import Blur, crop, delta_kernel, kernel_radius, trim_kernel, wiener_deconv
 from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
 from diffem.padding import pad_periodic
@@ -77,15 +77,14 @@ ROUGH_GATE = 1.03
 BF16_FROM = 10 / 255
 # Photos up to SMALL_PHOTO px get the 256² method's kernel (``blind.deblur_multiscale``: coarse-to-fine with
 # the trained kernel prior and its masked step, at min(auto support, SMALL_KERNEL) px) instead of the
-# candidates below, which were tuned on the large dev-set photos. Tune-real (30 CBSD68 crops 256² × 30
-# real-photo kernels × σ 5, 10, 'valid'; session 20): gain +2.77 → +3.23 dB, mean ER 1.92 → 1.85, ER ≤ 2
-# 73 → 80 %, worse than the input 4 → 3, 18.0 → 16.5 s; the demo's 224² cat 24.03 → 26.99 dB (input 25.46).
-# Offering it as one more candidate instead: +3.18 dB, ER 1.76, 4 worse, 31 s.
-# When that kernel reaches within EDGE_MARGIN px of its support's edge the blur may be longer than the support:
-# the candidates below are estimated too and it competes with them (tune-real: +3.33 dB, ER 1.74, ER ≤ 2 82 %,
-# 2 worse; the 7 of 60 items that triggered it kept their result or, 167062 σ 10, −0.36 → +5.42 dB, with any
-# margin 1–3; Lai16 real 'leaf', a ~80 px blur whose 33 px kernel comes within 1 px of the edge, is sharpened
-# only by the 75 px ℓ0-NNLS candidate).
+# candidates below, which were tuned on the large dev-set photos; when that kernel reaches within EDGE_MARGIN
+# px of its support's edge the blur may be longer, and it competes with the candidates. Tune-real (30 CBSD68
+# crops 256² × 30 real-photo kernels × σ 5, 10, 'valid'; session 20): gain +2.77 → +3.33 dB, mean ER
+# 1.92 → 1.74, ER ≤ 2 73 → 82 %, worse than the input 4 → 2, 18.0 → 16.6 s; the demo's 224² cat 24.03 → 26.99
+# dB (input 25.46). Without the edge rule +3.23 dB, ER 1.85 (167062 σ 10 fell from +5.42 to −0.36 dB; any
+# margin 1–3 gives the same picks there), and Lai16 real 'leaf', a ~80 px blur whose 33 px kernel comes within
+# 1 px of the edge, stays blurred: only the 75 px ℓ0-NNLS candidate sharpens it. The 256² kernel as one more
+# candidate on every small photo: +3.18 dB, ER 1.76, 31 s, and the cat below its input.
 SMALL_PHOTO = 512
 SMALL_KERNEL = 33
 EDGE_MARGIN = 2
@@ -152,9 +151,9 @@ def kernel_candidates(ksize: int, auto_size: bool) -> list[tuple[str, int]]:
 
 
 def edge_distance(kernel: torch.Tensor) -> int:
-    """How many pixels separate the kernel's non-zero taps from the edge of its support (0: they touch it)."""
-    taps = torch.nonzero(kernel > 0)
-    return int(min(taps.min(), kernel.shape[-1] - 1 - taps.max())) if len(taps) else kernel.shape[-1] // 2
+    """How many pixels separate the (odd, square) kernel's non-zero taps from the edge of its support (0: they
+    touch it)."""
+    return kernel.shape[-1] // 2 - kernel_radius(kernel)
 
 
 def _choose(scores: list[tuple[float, float]], rough: tuple[int, ...] = ()) -> int:
