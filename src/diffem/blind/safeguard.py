@@ -12,7 +12,7 @@ untouched, r₀ falls to ≈ 0.8 and even the true kernel's r/r₀ reaches 1.25 
 floor they score 0.84–0.93 and the harmful kernels ≥ 1.09). At σ = 2/255 a 2/255 floor is still too low:
 on tune-real's 30 crops (CBSD68 × real-photo kernels, 'valid') it rejected 5 of the 30 true kernels
 (r/r₀ up to 1.09) and 16 of the 74 restorations better than their input; at 3/255 none of the true
-kernels and 6 of the 74 (a 4/255 floor: 5, but 4 more bad ones passed), while it still caught 71 of the 76
+kernels and 6 of the 74 (a 4/255 floor: 5, but 2 more bad ones passed), while it still caught 71 of the 76
 worse ones (73 at 2/255). On the photo dev set (σ 1/255) the 3/255 floor changed 3 of the 20 candidate
 choices, which use the same ratio: people_01_k4 −0.33 → +0.41 dB, text_02_k3 +0.15 → +2.00 dB, text_03_k4
 unchanged. Above 3/255 the check runs at σ itself, as calibrated below.
