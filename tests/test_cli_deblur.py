@@ -187,6 +187,12 @@ def test_bad_bf16(tmp_path, capsys):
     _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--bf16", "yes", *FAST), "--bf16")
 
 
+@pytest.mark.parametrize("level", ["0.5", "1.01", "nan", "abc"])
+def test_bad_saturation(tmp_path, capsys, level):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--saturation", level, *FAST), "--saturation")
+
+
 def test_unwritable_output_folder(tmp_path, capsys):
     src = _img(tmp_path / "a.png")
     blocker = tmp_path / "file"

@@ -339,6 +339,26 @@ def test_saturated_is_the_square_dilation_of_the_clipped_pixels(ksize):
     assert clipped.sum() == 61 and np.array_equal(saturated(y, ksize).numpy(), expected)
 
 
+def test_saturation_level_1_masks_only_exactly_clipped_values():
+    y = torch.full((3, 40, 40), 0.5)
+    y[0, 10, 10] = 0.99    # bright, not clipped
+    y[2, 30, 30] = 1.0     # clipped
+    assert saturated(y, 3, 0.98)[10, 10] and not saturated(y, 3, 1.0)[10, 10]
+    assert saturated(y, 3, 1.0).sum() == 9 and saturated(y, 3, 1.0)[29:32, 29:32].all()
+
+
+def test_unclipped_pixels_and_the_all_clipped_fallback():
+    """The likelihood's and the judge's pixels: not within a pixel of a clipped value, or every pixel when
+    fewer than a quarter would be left (nothing else to fit)."""
+    from diffem.realphoto.pipeline import _unclipped
+
+    y = torch.full((3, 20, 20), 0.5)
+    y[:, 5, 5] = 1.0
+    assert (~_unclipped(y, 1.0)).sum() == 9
+    y[:, :16] = 1.0   # 80 % clipped
+    assert _unclipped(y, 1.0).all()
+
+
 def test_edge_distance_of_kernel_taps():
     """The small-photo path's trigger for the long-support candidates: how close a kernel's taps come to
     the edge of its support."""

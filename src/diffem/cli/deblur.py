@@ -79,7 +79,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
                        progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary,
-                       sigma_floor=args.sigma_floor, linear_light=args.linear_light,
+                       sigma_floor=args.sigma_floor, linear_light=args.linear_light, saturation=args.saturation,
                        bf16={"auto": "auto", "on": True, "off": False}[args.bf16])
     elapsed = time.perf_counter() - t0
     restored = res.image.permute(1, 2, 0).numpy()
@@ -111,7 +111,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                            "steps": res.info.get("steps", args.steps), "prior": str(args.prior),
                            "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
                            "window": args.window, "restore": res.restore, "boundary": args.boundary,
-                           "linear_light": args.linear_light, "bf16": args.bf16,
+                           "linear_light": args.linear_light, "saturation": args.saturation, "bf16": args.bf16,
                            "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
             "kernel_window": list(res.window) if res.window else None,
@@ -168,6 +168,7 @@ def _validate(args):
     from diffem.measurement import (check_boundary, check_choice, check_kernel_size, check_positive_int,
                                     parse_sigma, resolve_device)
     from diffem.realphoto.pipeline import RESTORE_MODES
+    from diffem.realphoto.tiling import check_saturation
 
     check_choice(args.method, BLIND_METHODS, "--method")
     check_choice(args.format, FORMATS, "--format")
@@ -188,6 +189,7 @@ def _validate(args):
     check_choice(args.restore, RESTORE_MODES, "--restore")
     check_boundary(args.boundary, "--boundary")
     check_choice(args.bf16, ("auto", "on", "off"), "--bf16")
+    args.saturation = check_saturation(args.saturation, "--saturation")
     return parse_sigma(args.sigma, "--sigma", allow_auto=True), resolve_device(args.device, "--device")
 
 
@@ -251,6 +253,8 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int | None = None) -> None:
+    from diffem.realphoto.pipeline import SATURATION
+
     p.add_argument("-o", "--output", default="deblurred", help="output folder (created if missing)")
     p.add_argument("--sigma", default="auto", help="noise std on [0,1]: 'auto' (estimated), 0.02 or 5/255")
     p.add_argument("--kernel-size", default="auto",
@@ -277,6 +281,9 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                         "circular: smooth periodic extension + the circular model (the paper's synthetic setting)")
     p.add_argument("--linear-light", action="store_true",
                    help="deblur in linear light: undo the sRGB curve, restore, re-apply it (camera shake blurs light)")
+    p.add_argument("--saturation", default=SATURATION, metavar="LEVEL",
+                   help="pixels with a channel ≥ LEVEL or ≤ 1 − LEVEL (and their neighbours) count as clipped and "
+                        "leave the likelihood; in (0.5, 1]")
     p.add_argument("--bf16", default="auto",
                    help="FFDNet in bf16 in the PnP tiles' early iterations (auto: where bf16 is faster than fp32 | on | off)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
