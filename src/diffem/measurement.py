@@ -116,6 +116,17 @@ def check_choice(value, choices, name: str):
     return value
 
 
+def check_saturation(level, name: str = "saturation") -> float:
+    """A clipping level in (0.5, 1]: values ≥ level or ≤ 1 − level count as clipped."""
+    try:
+        v = float(level)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number in (0.5, 1], got {level!r}") from None
+    if not 0.5 < v <= 1:
+        raise ValueError(f"{name}: must be in (0.5, 1] (1 = only exactly clipped values), got {level!r}")
+    return v
+
+
 def check_kernel_size(value, image_shape=None, name: str = "kernel_size") -> int:
     """An integer ≥ 3 that fits in an image of ``image_shape`` (H, W) when given."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):

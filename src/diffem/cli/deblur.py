@@ -166,9 +166,8 @@ def _validate(args):
     returns (σ: 'auto' or a float, the device)."""
     from diffem.api import BLIND_METHODS
     from diffem.measurement import (check_boundary, check_choice, check_kernel_size, check_positive_int,
-                                    parse_sigma, resolve_device)
+                                    check_saturation, parse_sigma, resolve_device)
     from diffem.realphoto.pipeline import RESTORE_MODES
-    from diffem.realphoto.tiling import check_saturation
 
     check_choice(args.method, BLIND_METHODS, "--method")
     check_choice(args.format, FORMATS, "--format")

@@ -45,7 +45,8 @@ from diffem.blind.pipeline import deblur_multiscale, estimate_kernel_denoised, p
 from diffem.blind.safeguard import RELATIVE_LIMIT, check_kernel, no_blur_reference
 from diffem.denoisers import FFDNetDenoiser, load_denoiser
 from diffem.metrics.no_reference import gradient_sparsity
-from diffem.measurement import as_image, check_boundary, check_choice, check_kernel_size, parse_sigma, resolve_device
+from diffem.measurement import (as_image, check_boundary, check_choice, check_kernel_size, check_saturation, parse_sigma,
+                                resolve_device)
 from diffem.physics import Blur, crop, delta_kernel, kernel_radius, trim_kernel, wiener_deconv
 from diffem.pnp import pnp_hqs
 from diffem.priors import load_prior
@@ -53,7 +54,7 @@ from diffem.padding import pad_periodic
 from diffem.perf import bf16_conv_fast
 from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
 from diffem.realphoto.noise import estimate_sigma
-from diffem.realphoto.tiling import check_saturation, deconv_valid, informative_windows, map_tiles, saturated
+from diffem.realphoto.tiling import deconv_valid, informative_windows, map_tiles, saturated
 
 MULTIPLE = 16  # the UNets downsample 3-4 times
 RESTORE_MODES = ("auto", "pnp", "wiener", "diffusion", "sample")
@@ -252,7 +253,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     timings["load_s"] = time.perf_counter() - t
 
     # 2. trusted pixels: not clipped (all of them if nearly everything is: nothing else to fit); the
-    # kernels' judge (step 3's choice, step 5's safeguard) reads only those within the JUDGE_SATURATION range
+    # kernels' judge (step 3's choice, step 5's safeguard) reads only those within the JUDGE_SATURATION range,
+    # and never a pixel the likelihood leaves out (where that wider mask falls back to every pixel)
     trusted = _unclipped(y, saturation)
     judged = _unclipped(y, min(saturation, JUDGE_SATURATION)) & trusted
     info["saturated_fraction"] = float(1 - trusted.double().mean())

@@ -31,17 +31,6 @@ def _gray(y: torch.Tensor) -> torch.Tensor:
     return y.mean(dim=-3) if y.dim() >= 3 else y
 
 
-def check_saturation(level, name: str = "saturation") -> float:
-    """A clipping level in (0.5, 1]: values ≥ level or ≤ 1 − level count as clipped."""
-    try:
-        v = float(level)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a number in (0.5, 1], got {level!r}") from None
-    if not 0.5 < v <= 1:
-        raise ValueError(f"{name}: must be in (0.5, 1] (1 = only exactly clipped values), got {level!r}")
-    return v
-
-
 def saturated(y: torch.Tensor, ksize: int = 0, level: float = 0.98) -> torch.Tensor:
     """(H, W) bool: pixels of (C,H,W) y within ⌊k/2⌋ of a clipped value (any channel ≥ level or ≤ 1 − level).
     A clipped pixel is not k ⊛ x, and it spoils every blurred pixel its footprint reaches."""
@@ -239,4 +228,4 @@ def map_tiles(y: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] | None
     return out / wsum.clamp_min(1e-12)
 
 
-__all__ = ["check_saturation", "informative_window", "informative_windows", "map_tiles", "saturated"]
+__all__ = ["informative_window", "informative_windows", "map_tiles", "saturated"]
