@@ -167,7 +167,7 @@ def _validate(args):
     from diffem.api import BLIND_METHODS
     from diffem.measurement import (check_boundary, check_choice, check_kernel_size, check_positive_int,
                                     check_saturation, parse_sigma, resolve_device)
-    from diffem.realphoto.pipeline import RESTORE_MODES
+    from diffem.realphoto.pipeline import RESTORE_MODES, SATURATION
 
     check_choice(args.method, BLIND_METHODS, "--method")
     check_choice(args.format, FORMATS, "--format")
@@ -188,7 +188,7 @@ def _validate(args):
     check_choice(args.restore, RESTORE_MODES, "--restore")
     check_boundary(args.boundary, "--boundary")
     check_choice(args.bf16, ("auto", "on", "off"), "--bf16")
-    args.saturation = check_saturation(args.saturation, "--saturation")
+    args.saturation = SATURATION if args.saturation is None else check_saturation(args.saturation, "--saturation")
     return parse_sigma(args.sigma, "--sigma", allow_auto=True), resolve_device(args.device, "--device")
 
 
@@ -252,8 +252,6 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int | None = None) -> None:
-    from diffem.realphoto.pipeline import SATURATION
-
     p.add_argument("-o", "--output", default="deblurred", help="output folder (created if missing)")
     p.add_argument("--sigma", default="auto", help="noise std on [0,1]: 'auto' (estimated), 0.02 or 5/255")
     p.add_argument("--kernel-size", default="auto",
@@ -280,9 +278,9 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                         "circular: smooth periodic extension + the circular model (the paper's synthetic setting)")
     p.add_argument("--linear-light", action="store_true",
                    help="deblur in linear light: undo the sRGB curve, restore, re-apply it (camera shake blurs light)")
-    p.add_argument("--saturation", default=SATURATION, metavar="LEVEL",
+    p.add_argument("--saturation", default=None, metavar="LEVEL",   # None: the pipeline's SATURATION (set in _validate)
                    help="pixels with a channel ≥ LEVEL or ≤ 1 − LEVEL (and their neighbours) count as clipped and "
-                        "leave the likelihood; in (0.5, 1]")
+                        "leave the likelihood; in (0.5, 1] (default: only exactly clipped values)")
     p.add_argument("--bf16", default="auto",
                    help="FFDNet in bf16 in the PnP tiles' early iterations (auto: where bf16 is faster than fp32 | on | off)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
