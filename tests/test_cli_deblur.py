@@ -66,6 +66,9 @@ def test_default_method_reports_the_safeguard(tmp_path, capsys):
     assert rep["parameters"]["method"] == "multiscale-pnp" and rep["parameters"]["kernel_size"] == "auto"
     assert isinstance(rep["kernel_trusted"], bool) and rep["output"] in ("pnp", "denoised")
     assert rep["safeguard"]["residual_limit"] == pytest.approx(1.05)
+    # the restoration's noise level is the estimate, floored at the default --sigma-floor (1/255)
+    assert rep["parameters"]["sigma_floor"] == pytest.approx(1 / 255)
+    assert rep["sigma_restore_255"] == pytest.approx(max(rep["sigma_255"], 1.0))
     assert not list(out.glob("a_sample*"))            # no posterior samples: nothing to save
     assert Image.open(out / "a_deblurred.png").size == (40, 36)
 
@@ -191,6 +194,12 @@ def test_bad_bf16(tmp_path, capsys):
 def test_bad_saturation(tmp_path, capsys, level):
     src = _img(tmp_path / "a.png")
     _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--saturation", level, *FAST), "--saturation")
+
+
+@pytest.mark.parametrize("floor", ["-0.01", "0.5", "abc"])
+def test_bad_sigma_floor(tmp_path, capsys, floor):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--sigma-floor", floor, *FAST), "--sigma-floor")
 
 
 def test_unwritable_output_folder(tmp_path, capsys):

@@ -111,9 +111,11 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                            "steps": res.info.get("steps", args.steps), "prior": str(args.prior),
                            "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
                            "window": args.window, "restore": res.restore, "boundary": args.boundary,
-                           "linear_light": args.linear_light, "saturation": args.saturation, "bf16": args.bf16,
+                           "linear_light": args.linear_light, "saturation": args.saturation,
+                           "sigma_floor": args.sigma_floor, "bf16": args.bf16,
                            "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
+            "sigma_restore_255": res.info["sigma_restore"] * 255,
             "kernel_window": list(res.window) if res.window else None,
             "kernel_trusted": res.info.get("kernel_trusted"),
             "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out", "residual_limit",
@@ -167,7 +169,7 @@ def _validate(args):
     from diffem.api import BLIND_METHODS
     from diffem.measurement import (check_boundary, check_choice, check_kernel_size, check_positive_int,
                                     check_saturation, parse_sigma, resolve_device)
-    from diffem.realphoto.pipeline import RESTORE_MODES, SATURATION
+    from diffem.realphoto.pipeline import RESTORE_MODES, SATURATION, SIGMA_FLOOR
 
     check_choice(args.method, BLIND_METHODS, "--method")
     check_choice(args.format, FORMATS, "--format")
@@ -182,7 +184,8 @@ def _validate(args):
         check_positive_int(args.window, "--window")
         if args.kernel_size != "auto" and args.window < 2 * args.kernel_size:
             raise CLIError(f"--window: must be at least twice the kernel size ({2 * args.kernel_size}), got {args.window}")
-    parse_sigma(args.sigma_floor, "--sigma-floor", allow_zero=True)
+    args.sigma_floor = (SIGMA_FLOOR if args.sigma_floor is None else
+                        parse_sigma(args.sigma_floor, "--sigma-floor", allow_zero=True))
     if args.steps is not None:
         check_positive_int(args.steps, "--steps")
     check_choice(args.restore, RESTORE_MODES, "--restore")
@@ -258,15 +261,16 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                    help="side of the estimated kernel: auto (grows as the blur needs, up to 75 px) or an integer ≥ 3")
     p.add_argument("--method", default="multiscale-pnp",
                    help="multiscale-pnp (diffem's default) | the paper's fast-em-pigdm | fast-em-dps | em-pigdm | em-dps")
-    p.add_argument("--sigma-floor", default="1/255",
-                   help="lowest noise level the restoration assumes (quantisation, JPEG, model error)")
+    p.add_argument("--sigma-floor", default=None,   # None: the pipeline's SIGMA_FLOOR (set in _validate)
+                   help="lowest noise level the restoration assumes (quantisation, JPEG, model error); "
+                        "on [0,1] like --sigma (default: 1/255)")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,
                    help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")
     p.add_argument("--prior", default="default", help="default | gaussian | PATH to a checkpoint")
     p.add_argument("--preset", default=None, help="architecture preset for a checkpoint PATH")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed, the same output")
     p.add_argument("--window", type=int, default=window_default,
                    help="photos larger than this: estimate the kernel on the most informative WINDOW×WINDOW regions "
                         "(default 1024 for multiscale-pnp, 256 for the diffusion methods)")
@@ -280,7 +284,7 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                    help="deblur in linear light: undo the sRGB curve, restore, re-apply it (camera shake blurs light)")
     p.add_argument("--saturation", default=None, metavar="LEVEL",   # None: the pipeline's SATURATION (set in _validate)
                    help="pixels with a channel ≥ LEVEL or ≤ 1 − LEVEL (and their neighbours) count as clipped and "
-                        "leave the likelihood; in (0.5, 1] (default: only exactly clipped values)")
+                        "leave the likelihood; in (0.5, 1] (default: only exactly clipped values count)")
     p.add_argument("--bf16", default="auto",
                    help="FFDNet in bf16 in the PnP tiles' early iterations (auto: where bf16 is faster than fp32 | on | off)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
@@ -303,9 +307,17 @@ def _demo(args) -> int:
     return code
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: …)' to each option's help, except where the default is None: those options say in
+    their help what None stands for (a default resolved in ``_validate`` or by the method)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("deblur", help="blind deblurring of photos (kernel and σ estimated)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                              formatter_class=_DefaultsHelp,
                               description="Blind deblurring of photos. For each INPUT writes NAME_deblurred.png, "
                               "NAME_kernel.png/.npy, NAME_figure.png and NAME_report.json to the output folder.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
@@ -313,7 +325,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_deblur)
 
     d = subparsers.add_parser("demo", help="deblur the bundled examples (what `make demo` runs)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_DefaultsHelp)
     d.add_argument("--examples", default=str(EXAMPLES_DIR), help="folder of example images")
     _add_common(d, 50)
     d.set_defaults(func=_demo, output="demo-output")
