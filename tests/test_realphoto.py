@@ -254,13 +254,29 @@ def test_candidate_choice_gates_on_data_fit_then_takes_the_sparsest():
     from diffem.realphoto.pipeline import BLUR_EVIDENCE, RATIO_GATE, _choose
 
     # (r/r₀, gradient sparsity): the sparsest restoration (2) fits the data clearly worse than the best (0)
-    scores = [(0.90, 0.70), (0.90 * RATIO_GATE * 0.999, 0.60), (0.90 * RATIO_GATE * 1.001, 0.10)]
+    scores = [(0.90, 0.70), (0.90 * RATIO_GATE * 0.999, 0.60), (0.90 * RATIO_GATE * 1.001, 0.55)]
     assert _choose(scores) == 1
-    assert _choose([(1.3, 0.5)]) == 0 and _choose([(1.0, 0.5), (0.5, 0.9)]) == 1
-    # a kernel that explains the data worse than 'no blur' loses to one that explains it better
-    assert _choose([(1.01, 0.5), (0.97, 0.6)]) == 1 and _choose([(1.01, 0.5), (1.02, 0.4)]) == 1
+    assert _choose([(1.3, 0.5)]) == 0 and _choose([(1.0, 0.5), (0.5, 0.58)]) == 1
+    # a kernel that explains the data worse than 'no blur' loses to one that explains it better (unless its
+    # restoration is much sparser: the next test)
+    assert _choose([(1.01, 0.55), (0.97, 0.6)]) == 1 and _choose([(1.01, 0.5), (1.02, 0.4)]) == 1
     # … and so does one that explains it barely better than 'no blur' (the wrong 25 px kernel of a dev photo)
     assert _choose([(BLUR_EVIDENCE + 0.005, 0.55), (BLUR_EVIDENCE - 0.03, 0.63)]) == 1
+
+
+def test_a_much_sparser_trusted_candidate_overrides_the_data_fit_gate():
+    from diffem.blind.safeguard import RELATIVE_LIMIT
+    from diffem.realphoto.pipeline import SPARSITY_OVERRIDE, _choose
+
+    # the dev photo saturated_02_k4's scores: three dots fit best, ℓ0-NNLS's whole hook (3) fits worse but
+    # the safeguard trusts it and its restoration is far sparser; the spectral kernels (4, 5) are rough
+    scores = [(0.848, 0.657), (0.844, 0.667), (0.844, 0.657), (1.031, 0.531), (3.49, 0.613), (1.81, 0.611)]
+    assert _choose(scores, rough=(4, 5)) == 3
+    dot = (0.844, 0.657)
+    assert _choose([dot, (RELATIVE_LIMIT * 1.001, 0.2)]) == 0               # not trusted: never
+    assert _choose([dot, (0.95, 0.657 * SPARSITY_OVERRIDE * 1.01)]) == 0    # not sparser by enough
+    assert _choose([dot, (0.95, 0.657 * SPARSITY_OVERRIDE * 0.99)]) == 1
+    assert _choose([dot, (0.95, 0.2)], rough=(1,)) == 0                    # a rough kernel: never
 
 
 def test_a_rough_candidate_competes_only_when_it_fits_nearly_as_well_as_the_best_other():
