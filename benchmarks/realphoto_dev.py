@@ -274,7 +274,7 @@ def candidates(args) -> int:
     from diffem.metrics.no_reference import gradient_sparsity
     from diffem.physics import Blur, delta_kernel
     from diffem.realphoto.noise import estimate_sigma
-    from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size, kernel_candidates
+    from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size, kernel_candidates, roomy_size
     from diffem.realphoto.tiling import informative_windows, saturated
 
     data, manifest = read_manifest(args.data)
@@ -297,19 +297,20 @@ def candidates(args) -> int:
         sigma_r = max(sigma, SIGMA_FLOOR)
         trusted = ~saturated(y, 3, 0.98)
         ksize, auto = _kernel_size("auto", tuple(y.shape[-2:]))
+        roomy = roomy_size(ksize, auto, tuple(y.shape[-2:]))   # the largest support, the scorer's
         v = predenoise(y[None], sigma, den)
-        pipeline = [f"{e}-{n}" for e, n in kernel_candidates(ksize, auto)]
+        pipeline = [f"{e}-{n}" for e, n in kernel_candidates(ksize, auto, roomy)]
         kernels = {f"{e}-{n}": estimate_kernel_denoised(v, sigma, n, "valid", trusted, e)
-                   for e, n in kernel_candidates(ksize, auto) + extra}
+                   for e, n in kernel_candidates(ksize, auto, roomy) + extra}
         kernels["true"] = torch.from_numpy(np.load(data / p["kernel_npy"])).float()
         if args.kernels_out:   # every kernel of this photo, for analyses that need no re-estimation
             atomic_write(Path(args.kernels_out) / f"{p['name']}.npz", lambda tmp: np.savez(
                 tmp, **{n: k.double().numpy() for n, k in kernels.items()}))
-        (t, l), = informative_windows(y, SCORE_SIZE, ksize, 1)
+        (t, l), = informative_windows(y, SCORE_SIZE, roomy, 1)
         yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], trusted[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
             gt[t:t + SCORE_SIZE, l:l + SCORE_SIZE]
         # the pipeline's _Scorer: the same crop and no-blur reference for every kernel
-        no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(ksize), sigma_r, "valid", trusted=tc), den)
+        no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(roomy), sigma_r, "valid", trusted=tc), den)
         row = dict(name=p["name"], kernel_size=p["kernel_size"], sigma_255=sigma * 255,
                    psnr_in=shifted_psnr(to_hwc(yc), gtc, args.shift)[0], scores={})
         for label, k in kernels.items():

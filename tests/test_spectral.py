@@ -86,8 +86,19 @@ def test_the_estimator_gives_a_kernel_and_its_mirror_image():
 
 
 def test_the_photo_pipeline_scores_both_orientations_at_the_largest_support():
-    from diffem.realphoto.pipeline import kernel_candidates
+    from diffem.realphoto.pipeline import MAX_KERNEL_SIZE, ROOMY_SIZE, _kernel_size, kernel_candidates, roomy_size
 
     assert kernel_candidates(75, True)[-2:] == [("spectral", 75), ("spectral-flipped", 75)]
+    # a large photo: ℓ0-NNLS once more with room around the longest blur aimed at (for what an estimate has
+    # not found yet once it is re-centred on its mass), at most a quarter of the photo
+    shape = (2000, 3000)
+    ksize, auto = _kernel_size("auto", shape)
+    roomy = roomy_size(ksize, auto, shape)
+    assert (ksize, roomy) == (MAX_KERNEL_SIZE, ROOMY_SIZE) and roomy >= 1.4 * ksize
+    assert kernel_candidates(ksize, auto, roomy)[-1] == ("l0-nnls", roomy)
+    assert roomy_size(*_kernel_size("auto", (400, 900)), (400, 900)) == 101
+    assert roomy_size(*_kernel_size("auto", (256, 300)), (256, 300)) == 65   # none: the support itself
+    assert kernel_candidates(65, True, 65) == kernel_candidates(65, True)
+    assert roomy_size(33, False, shape) == 33                                  # a size the user gave
     assert kernel_candidates(33, False) == [("multiscale", 33), ("l0-nnls", 33), ("spectral", 33),
                                             ("spectral-flipped", 33)]

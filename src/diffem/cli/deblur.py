@@ -258,7 +258,8 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
     p.add_argument("-o", "--output", default="deblurred", help="output folder (created if missing)")
     p.add_argument("--sigma", default="auto", help="noise std on [0,1]: 'auto' (estimated), 0.02 or 5/255")
     p.add_argument("--kernel-size", default="auto",
-                   help="side of the estimated kernel: auto (grows as the blur needs, up to 75 px) or an integer ≥ 3")
+                   help="side of the estimated kernel: auto (grows as the blur needs: blurs up to about 75 px, on "
+                        "supports up to 105) or an integer ≥ 3")
     p.add_argument("--method", default="multiscale-pnp",
                    help="multiscale-pnp (diffem's default) | the paper's fast-em-pigdm | fast-em-dps | em-pigdm | em-dps")
     p.add_argument("--sigma-floor", default=None,   # None: the pipeline's SIGMA_FLOOR (set in _validate)
