@@ -148,10 +148,15 @@ def _unclipped(y: torch.Tensor, level: float) -> torch.Tensor:
     return ok if float(ok.double().mean()) >= 0.25 else torch.ones_like(ok)
 
 
+def _auto_support(shape, cap: int) -> int:
+    """kernel_size="auto"'s support for an (H, W) photo: a quarter of its shorter side (odd), at most ``cap``."""
+    return min(cap, (min(shape) // 4) | 1)
+
+
 def _kernel_size(kernel_size, shape) -> tuple[int, bool]:
     """(support to estimate with, whether it is 'auto')."""
     if kernel_size == "auto":
-        return min(MAX_KERNEL_SIZE, (min(shape) // 4) | 1), True
+        return _auto_support(shape, MAX_KERNEL_SIZE), True
     return check_kernel_size(kernel_size, shape), False
 
 
@@ -189,7 +194,7 @@ class _Scorer:
 def roomy_size(ksize: int, auto_size: bool, shape) -> int:
     """The support of kernel_size="auto"'s extra ℓ0-NNLS candidate for an (H, W) photo (``ROOMY_SIZE``, at most
     a quarter of the photo); ksize when there is none."""
-    return max(ksize, min(ROOMY_SIZE, (min(shape) // 4) | 1)) if auto_size else ksize
+    return max(ksize, _auto_support(shape, ROOMY_SIZE)) if auto_size else ksize
 
 
 def kernel_candidates(ksize: int, auto_size: bool, roomy: int = 0) -> list[tuple[str, int]]:
