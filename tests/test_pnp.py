@@ -211,3 +211,17 @@ def test_pnp_solves_the_first_data_step_accurately_at_low_noise(ffdnet, crop128)
     psnr = lambda n: -10 * math.log10(float(((physics.crop(pnp_hqs(y, physics, ffdnet, first_cg_iters=n)).clamp(0, 1)
                                               - crop128) ** 2).mean()))  # noqa: E731
     assert psnr(FIRST_CG_ITERS) > psnr(8) + 0.3
+
+
+def test_prox_cg_tolerance_stops_early_and_only_then():
+    """``cg_tol``: CG stops once the preconditioned residual falls to cg_tol × its start — at 1 before any
+    iteration (x = v), at 1e-3 near the exact solve but not on it."""
+    g = torch.Generator().manual_seed(5)
+    k = torch.rand(7, 7, generator=g, dtype=torch.float64)
+    y = torch.rand(1, 1, 20, 22, generator=g, dtype=torch.float64)
+    physics = Blur.for_measurement(y, k / k.sum(), 0.05, "valid")
+    v = physics.canvas(y)
+    exact = physics.prox(v, y, 1e-3, cg_iters=400)
+    torch.testing.assert_close(physics.prox(v, y, 1e-3, cg_iters=400, cg_tol=1.0), v)
+    loose = physics.prox(v, y, 1e-3, cg_iters=400, cg_tol=1e-3)
+    assert 0 < float((loose - exact).norm()) < 0.05 * float((v - exact).norm())

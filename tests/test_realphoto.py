@@ -234,16 +234,18 @@ def test_deblur_photo_default_method_whole_photo():
 
 
 def test_bf16_only_in_the_photo_restoration():
-    """bf16=True: the PnP tiles' early iterations in bf16, the kernel stage in fp32 (the same kernel, bit
-    for bit), an image close to the fp32 one; a bad value is an error naming the argument."""
+    """bf16=True: the PnP restorations' early iterations in bf16 (the tiles and the kernels' scores), the
+    kernel estimation in fp32 (the same kernel, bit for bit, here), an image close to the fp32 one; a bad
+    value is an error naming the argument."""
     from diffem.physics import blur_valid
+    from diffem.realphoto.pipeline import BF16_FROM
 
     x = _photo()[0].float()
     y = blur_valid(x[None], _kernel().float())[0, :, :64, :64]
     y = (y + 2 / 255 * torch.randn(y.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     opts = dict(sigma=10 / 255, kernel_size=9, device="cpu", progress=False, fallback=False)
     fp32, bf16 = (deblur_photo(y, bf16=b, **opts) for b in (False, True))
-    assert fp32.info["pnp_bf16_from"] is None and bf16.info["pnp_bf16_from"] == 10 / 255
+    assert fp32.info["pnp_bf16_from"] is None and bf16.info["pnp_bf16_from"] == BF16_FROM
     assert torch.equal(fp32.kernel, bf16.kernel)
     assert 0 < float((fp32.image - bf16.image).abs().mean()) < 0.01
     with pytest.raises(ValueError, match="bf16"):

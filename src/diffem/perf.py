@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -49,14 +50,21 @@ def configure_malloc(trim_threshold: int = 64 << 30, top_pad: int = 1 << 30) -> 
     return bool(ok)
 
 
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text ('' where there is none), read once."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def bf16_supported() -> bool:
     """Whether bf16 autocast is likely to be fast here (AMX/AVX512-BF16 on CPU, or CUDA)."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    flags = _cpuinfo()
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
@@ -67,10 +75,7 @@ def bf16_conv_fast(device: str | torch.device = "cpu") -> bool:
     (session 10): on Intel only AMX pays."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
+    info = _cpuinfo()
     return "amx_bf16" in info or ("avx512_bf16" in info and "AuthenticAMD" in info)
 
 

@@ -218,38 +218,44 @@ class Blur:
         sigma2 = max(self.sigma, 1e-8) ** 2
         return torch.fft.irfft2(K.conj() * (Y - K * X) / (r2 * K.abs() ** 2 + sigma2), s=x.shape[-2:])
 
-    def prox(self, v: torch.Tensor, y: torch.Tensor, rho: float, cg_iters: int = CG_ITERS) -> torch.Tensor:
+    def prox(self, v: torch.Tensor, y: torch.Tensor, rho: float, cg_iters: int = CG_ITERS,
+             cg_tol: float | None = None) -> torch.Tensor:
         """argmin_x ‖y − A x‖² + ρ‖x − v‖² over the trusted pixels, x and v on the canvas. Circular:
         (K̄Y + ρV)/(|K|² + ρ) in Fourier. Valid (or untrusted pixels): (AᵀWA + ρ)x = AᵀWy + ρv by
         conjugate gradients from v, preconditioned with the circular solve (the operators differ only
-        near the border and the untrusted pixels, so a few iterations suffice)."""
+        near the border and the untrusted pixels, so a few iterations suffice): at most ``cg_iters``, fewer
+        once the preconditioned residual norm falls to ``cg_tol`` × its start (None: the dtype's rounding)."""
         K = kernel_to_otf(_as_batched_kernel(self.kernel).to(v.dtype), v.shape[-2:])
         K2 = K.abs() ** 2
         if self.mask is None:
             return torch.fft.irfft2((K.conj() * torch.fft.rfft2(y) + rho * torch.fft.rfft2(v)) / (K2 + rho),
                                     s=v.shape[-2:])
         # CG on the spectra (rfft2) of x, r and p: AᵀWA + ρ is K̄·F(w·F⁻¹(K·)) + ρ, the preconditioner a
-        # division, inner products by Parseval, so an iteration costs two FFTs instead of six
+        # multiplication, inner products by Parseval; in place where it can be (the loop is memory-bound:
+        # 1.8× faster than out of place on a 1120² canvas, the same iterates up to rounding)
         shape = v.shape[-2:]
         w = self.mask.to(v.dtype)
-        normal = lambda P: K.conj() * torch.fft.rfft2(w * torch.fft.irfft2(K * P, s=shape)) + rho * P  # noqa: E731
-        weights = _rfft_weights(shape, v.dtype, v.device)
-        dot = lambda P, Q: (weights * (P * Q.conj()).real).sum()                                         # noqa: E731
+        K_conj, inverse = K.conj().resolve_conj(), 1.0 / (K2 + rho)
+
+        def normal(P):
+            return torch.fft.rfft2(torch.fft.irfft2(K * P, s=shape).mul_(w)).mul_(K_conj).add_(P, alpha=rho)
+
         X = torch.fft.rfft2(v)
-        R = K.conj() * torch.fft.rfft2(self._embed(self._weight(y))) + rho * X - normal(X)
-        Z = R / (K2 + rho)
-        P, rz = Z, dot(R, Z)
-        # stop at the dtype's rounding level (e.g. the no-blur hypothesis, k = δ: solved in two iterations)
-        converged = (10 * torch.finfo(v.dtype).eps) ** 2 * rz
+        R = K_conj * torch.fft.rfft2(self._embed(self._weight(y))) + rho * X - normal(X)
+        Z = R * inverse
+        P, rz = Z.clone(), _rfft_dot(R, Z, shape)
+        # by default stop at the dtype's rounding level (e.g. the no-blur hypothesis, k = δ: two iterations)
+        converged = (10 * torch.finfo(v.dtype).eps if cg_tol is None else cg_tol) ** 2 * rz
         for _ in range(cg_iters):
             if rz <= converged:
                 break
             AP = normal(P)
-            step = rz / dot(P, AP).clamp_min(1e-30)
-            X, R = X + step * P, R - step * AP
-            Z = R / (K2 + rho)
-            rz, rz_old = dot(R, Z), rz
-            P = Z + (rz / rz_old.clamp_min(1e-30)) * P
+            step = float(rz / _rfft_dot(P, AP, shape).clamp_min(1e-30))
+            X.add_(P, alpha=step)
+            R.sub_(AP, alpha=step)
+            torch.mul(R, inverse, out=Z)
+            rz, rz_old = _rfft_dot(R, Z, shape), rz
+            P.mul_(float(rz / rz_old.clamp_min(1e-30))).add_(Z)
         return torch.fft.irfft2(X, s=shape)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -260,15 +266,15 @@ class Blur:
         return y
 
 
-def _rfft_weights(shape: tuple[int, int], dtype, device) -> torch.Tensor:
-    """w with Σ x·y = Σ w·Re(X·Ȳ) for real H×W images and their rfft2 X, Y (Parseval: the half
-    spectrum's columns other than 0 and, for even W, W/2 stand for two)."""
+def _rfft_dot(A: torch.Tensor, B: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Σ x·y for real H×W images x, y given their rfft2 A, B (Parseval: the half spectrum's columns other
+    than 0 and, for even W, W/2 stand for two)."""
     H, W = shape
-    w = torch.full((W // 2 + 1,), 2.0 / (H * W), dtype=dtype, device=device)
-    w[0] = 1.0 / (H * W)
+    dot = lambda a, b: torch.vdot(b.reshape(-1), a.reshape(-1)).real   # noqa: E731  Σ Re(a·b̄)
+    total = 2 * dot(A, B) - dot(A[..., 0].contiguous(), B[..., 0].contiguous())
     if W % 2 == 0:
-        w[-1] = 1.0 / (H * W)
-    return w
+        total = total - dot(A[..., -1].contiguous(), B[..., -1].contiguous())
+    return total / (H * W)
 
 
 def crop(x: torch.Tensor, box) -> torch.Tensor:

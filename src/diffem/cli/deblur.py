@@ -287,7 +287,7 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                    help="pixels with a channel ≥ LEVEL or ≤ 1 − LEVEL (and their neighbours) count as clipped and "
                         "leave the likelihood; in (0.5, 1] (default: only exactly clipped values count)")
     p.add_argument("--bf16", default="auto",
-                   help="FFDNet in bf16 in the PnP tiles' early iterations (auto: where bf16 is faster than fp32 | on | off)")
+                   help="FFDNet in bf16 in the PnP restorations' early iterations (auto: where bf16 is faster than fp32 | on | off)")
     p.add_argument("--format", default="png", help="output image format: png | tif | jpg (16-bit input -> 16-bit png/tif)")
     p.add_argument("--save-samples", action="store_true", help="also write every posterior sample")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
