@@ -109,7 +109,7 @@ SPARSITY_OVERRIDE = 0.85
 # where bf16 is fast (``bf16="auto"``); the kernel estimation stays fp32. PnP with the true kernel on the dev
 # crops (σ ≈ 1/255) against fp32: from 10/255 −0.001 dB on average (worst −0.042), from 5/255 −0.008 (worst
 # −0.063), bf16 throughout −0.053. From 5/255 a photo at σ ≥ 5/255 runs in bf16 throughout (the 12 MP case:
-# −0.05 dB; with the faster CG of ``Blur.prox`` 389 → 290–319 s). Scored this way, the photo dev set's 20 kernel
+# −0.05 dB; with the faster CG of ``Blur.prox`` 389 → 290–327 s). Scored this way, the photo dev set's 20 kernel
 # choices are the ones fp32 scores made (session 27).
 BF16_FROM = 5 / 255
 # Photos up to SMALL_PHOTO px get the 256² method's kernel (``blind.deblur_multiscale``: coarse-to-fine with
