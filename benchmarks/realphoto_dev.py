@@ -1,6 +1,6 @@
 """The real-photo dev set of issue 13 and its benchmark: `diffem deblur` with every default, Anger ℓ0 beside it.
 
-    python benchmarks/realphoto_dev.py make  --out DIR [--limit N] [--crop PX]
+    python benchmarks/realphoto_dev.py make  --out DIR [--limit N] [--crop PX] [--jpeg QUALITY] [--names A B …]
     python benchmarks/realphoto_dev.py score --data DIR --out RESULTS [--method diffem l0] [--limit N]
     python benchmarks/realphoto_dev.py l0 IN.png -o OUT.png --kernel-size K --sigma S   (one photo, Anger ℓ0)
     python benchmarks/realphoto_dev.py candidates --data DIR --out FILE.jsonl [--limit N]   (where the kernel is lost)
@@ -12,6 +12,8 @@ number once, and each category leaves out one photo (manmade_05, natural_01, peo
 text_04). Each pair: 'valid' true convolution (diffem.physics.blur_valid's model, float64, by FFT), Gaussian noise
 σ = 1/255 (numpy default_rng(seed), seed = the pair's index 0..19), clipped to [0, 1], 8-bit PNG, full
 size; the blurry photo is smaller than the sharp one by k − 1 and sharp/NAME.png is the matching crop.
+``--jpeg Q`` also saves each blurry PNG as blurry/NAME.jpg at Pillow's quality Q (its default 4:2:0 colour
+subsampling, as a camera's or the web's JPEGs) and the manifest points there: the photos users have.
 
 Scoring: PSNR after the best integer shift within ±--shift px, the same search for input and output,
 on the photo minus a border of shift + 4 px. Default 16: blind methods re-centre the kernel and the Lai
@@ -148,12 +150,24 @@ def blur_valid_fft(x: np.ndarray, k: np.ndarray) -> np.ndarray:
 
 # --- make ------------------------------------------------------------------------------------------
 def make(args) -> int:
-    from diffem.files import write_npy, write_text
+    from PIL import Image
+
+    from diffem.files import atomic_write, write_npy, write_text
     from diffem.realphoto import write_photo
 
     sharp_dir, kern_dir = need_dir(args.sharp, "--sharp"), need_dir(args.kernels, "--kernels")
     out = out_dir(args.out, "--out")
     settings = dict(sigma=SIGMA, crop=args.crop, sharp=str(sharp_dir.resolve()), kernels=str(kern_dir.resolve()))
+    if args.jpeg is not None:
+        if not 1 <= args.jpeg <= 95:
+            raise UsageError(f"--jpeg: expected a JPEG quality in 1..95, got {args.jpeg}")
+        settings["jpeg"] = args.jpeg
+    chosen = pairs()[:args.limit]
+    if args.names:
+        unknown = sorted(set(args.names) - {p["name"] for p in pairs()})
+        if unknown:
+            raise UsageError(f"--names: not dev-set pairs: {', '.join(unknown)}")
+        chosen = [p for p in chosen if p["name"] in args.names]
     man_path = out / "manifest.json"
     if man_path.exists():
         old = json.loads(man_path.read_text())
@@ -161,7 +175,7 @@ def make(args) -> int:
             raise UsageError(f"--out: {str(out)!r} holds a dev set made with other settings ({old['settings']}); "
                              "choose another folder")
     entries = []
-    for p in tqdm(pairs()[:args.limit], desc="dev set"):
+    for p in tqdm(chosen, desc="dev set"):
         k = np.load(kern_dir / p["source_kernel"]).astype(np.float64)
         K = k.shape[0]
         files = dict(blurry=out / "blurry" / f"{p['name']}.png", sharp=out / "sharp" / f"{p['name']}.png",
@@ -178,6 +192,12 @@ def make(args) -> int:
             write_photo(str(files["sharp"]), x[o:o + y.shape[0], o:o + y.shape[1]])
             write_npy(files["kernel_npy"], k.astype(np.float32))
             write_photo(str(files["blurry"]), y)  # 8-bit: write_photo rounds to the nearest level
+        if args.jpeg is not None:
+            jpeg = out / "blurry" / f"{p['name']}.jpg"
+            if not jpeg.exists():
+                with Image.open(files["blurry"]) as im:
+                    atomic_write(jpeg, lambda tmp: im.save(tmp, format="JPEG", quality=args.jpeg))
+            files["blurry"] = jpeg
         H, W = read_rgb(files["blurry"]).shape[:2]
         entries.append(dict(p, kernel_size=K, blurry_size=[W, H], **{key: str(f.relative_to(out)) for key, f in files.items()}))
     write_text(man_path, json.dumps(dict(settings=settings, pairs=entries), indent=1) + "\n")
@@ -446,6 +466,9 @@ def main(argv=None) -> int:
     m.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     m.add_argument("--crop", type=int, default=None,
                    help="for development and tests only: blurry photos of CROP×CROP from the sharp photo's centre")
+    m.add_argument("--jpeg", type=int, default=None, metavar="QUALITY",
+                   help="the blurry photos as JPEGs of this quality (Pillow's scale; the Lai16 real photos are 75)")
+    m.add_argument("--names", nargs="+", default=None, help="only these pairs (e.g. manmade_01_k1 text_02_k3)")
     s = sub.add_parser("score", help="run the methods on the dev set and score them (resumable)")
     s.add_argument("--data", required=True, help="a folder written by `make`")
     s.add_argument("--out", required=True, help="results folder: rows.jsonl, summary.md, gains.png, outputs/, logs/")

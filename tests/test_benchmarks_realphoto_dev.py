@@ -57,6 +57,23 @@ def test_make_aligns_blurry_and_truth_and_score_is_resumable(tmp_path):
     assert (res / "summary.md").exists() and (res / "gains.png").exists()
 
 
+def test_make_jpeg_saves_the_same_blurry_photo_as_a_jpeg_of_that_quality(tmp_path):
+    sharp, kern = tmp_path / "sharp", tmp_path / "kernels"
+    sharp.mkdir(), kern.mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray((rng.random((90, 100, 3)) * 255).astype(np.uint8)).save(sharp / "natural_02.png")
+    np.save(kern / "kernel_01.npy", np.full((5, 5), 1 / 25, np.float32))
+    common = ["--sharp", str(sharp), "--kernels", str(kern), "--names", "natural_02_k1", "--crop", "48"]
+    assert dev.main(["make", "--out", str(tmp_path / "png"), *common]) == 0
+    assert dev.main(["make", "--out", str(tmp_path / "jpg"), "--jpeg", "75", *common]) == 0
+    m = json.loads((tmp_path / "jpg" / "manifest.json").read_text())
+    assert m["settings"]["jpeg"] == 75 and [p["name"] for p in m["pairs"]] == ["natural_02_k1"]
+    Image.open(tmp_path / "png" / "blurry" / "natural_02_k1.png").save(tmp_path / "ref.jpg", quality=75)
+    with Image.open(tmp_path / "jpg" / m["pairs"][0]["blurry"]) as im, Image.open(tmp_path / "ref.jpg") as ref:
+        assert im.format == "JPEG" and np.array_equal(np.asarray(im), np.asarray(ref))   # the PNG, saved at 75
+    assert dev.main(["make", "--out", str(tmp_path / "x"), "--jpeg", "99", *common]) != 0
+
+
 def test_shifted_psnr_matches_the_direct_search():
     rng = np.random.default_rng(2)
     ref, img = rng.random((40, 45, 3)), rng.random((40, 45, 3))

@@ -73,6 +73,33 @@ def test_default_method_reports_the_safeguard(tmp_path, capsys):
     assert Image.open(out / "a_deblurred.png").size == (40, 36)
 
 
+def test_a_jpeg_adds_its_compression_noise_to_the_estimated_sigma(tmp_path, capsys):
+    """--jpeg-noise auto (the default): the restoration's noise level combines σ with jpeg_sigma of the file's
+    quantisation table in quadrature (the kernel estimation keeps σ); --jpeg-noise 0 and a PNG: none."""
+    from diffem.realphoto.noise import jpeg_sigma
+
+    a = np.asarray(Image.open(_img(tmp_path / "a.png", shape=(48, 48, 3))))
+    Image.fromarray(a).save(tmp_path / "j.jpg", quality=75)
+    with Image.open(tmp_path / "j.jpg") as im:
+        step = float(np.mean(im.quantization[0]))
+    fast = ["--kernel-size", "5", "--device", "cpu", "--quiet"]
+    reports = {}
+    for name, src, extra in (("auto", "j.jpg", []), ("off", "j.jpg", ["--jpeg-noise", "0"]), ("png", "a.png", []),
+                             ("given", "j.jpg", ["--sigma", "2/255"])):
+        code, err = _run(capsys, tmp_path / src, "-o", tmp_path / name, *extra, *fast)
+        assert code == 0, err
+        reports[name] = json.loads((tmp_path / name / f"{src[0]}_report.json").read_text())
+    jpeg = jpeg_sigma(step) * 255
+    auto, off, png, given = (reports[k] for k in ("auto", "off", "png", "given"))
+    assert auto["jpeg_quantization_step"] == pytest.approx(step) and png["jpeg_quantization_step"] is None
+    assert auto["compression_sigma_255"] == pytest.approx(jpeg)
+    assert off["compression_sigma_255"] == 0 == png["compression_sigma_255"]
+    assert auto["sigma_255"] == pytest.approx(off["sigma_255"])        # the estimate itself is unchanged
+    assert auto["sigma_restore_255"] == pytest.approx(np.hypot(auto["sigma_255"], jpeg)) and jpeg > 4
+    assert off["sigma_restore_255"] == pytest.approx(max(off["sigma_255"], 1.0))
+    assert given["sigma_255"] == pytest.approx(2) and given["sigma_restore_255"] == pytest.approx(np.hypot(2, jpeg))
+
+
 def test_an_untrusted_kernel_gives_a_denoised_photo_and_a_warning(tmp_path, capsys, monkeypatch):
     """When the safeguard refuses the kernel (forced here with a limit of 0; its test is in
     test_blind.py) the report and the console say so and the photo is only denoised."""
@@ -200,6 +227,12 @@ def test_bad_saturation(tmp_path, capsys, level):
 def test_bad_sigma_floor(tmp_path, capsys, floor):
     src = _img(tmp_path / "a.png")
     _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--sigma-floor", floor, *FAST), "--sigma-floor")
+
+
+@pytest.mark.parametrize("level", ["-0.01", "0.7", "lots"])
+def test_bad_jpeg_noise(tmp_path, capsys, level):
+    src = _img(tmp_path / "a.png")
+    _one_line_error(*_run(capsys, src, "-o", tmp_path / "o", "--jpeg-noise", level, *FAST), "--jpeg-noise")
 
 
 def test_unwritable_output_folder(tmp_path, capsys):

@@ -82,6 +82,28 @@ def test_greyscale_with_alpha_and_palette(tmp_path):
     assert read_photo(str(tmp_path / "p.png")).pixels.shape == (6, 5, 3)
 
 
+def test_a_jpeg_reports_its_quantisation_step_and_the_noise_it_adds(tmp_path):
+    """read_photo keeps the mean step of a JPEG's luminance quantisation table (None for a PNG); jpeg_sigma
+    turns it into a noise std: 5/255 at quality 75's step (29), proportionally, and 0 for a file that is no JPEG."""
+    from diffem.realphoto.noise import jpeg_sigma
+
+    a = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    steps = {}
+    for quality in (75, 95):
+        Image.fromarray(a).save(tmp_path / f"q{quality}.jpg", quality=quality)
+        with Image.open(tmp_path / f"q{quality}.jpg") as im:
+            steps[quality] = float(np.mean(im.quantization[0]))
+        photo = read_photo(str(tmp_path / f"q{quality}.jpg"))
+        assert photo.jpeg_step == pytest.approx(steps[quality])
+        assert photo.compression_sigma == pytest.approx(jpeg_sigma(steps[quality]))
+    Image.fromarray(a).save(tmp_path / "a.png")
+    png = read_photo(str(tmp_path / "a.png"))
+    assert png.jpeg_step is None and png.compression_sigma == 0
+    assert steps[95] < steps[75] == pytest.approx(29, abs=0.1)
+    assert jpeg_sigma(29) == pytest.approx(5 / 255) and jpeg_sigma(2 * 29) == pytest.approx(10 / 255)
+    assert jpeg_sigma(None) == 0.0
+
+
 def test_bad_files_raise_value_error_naming_the_file(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")

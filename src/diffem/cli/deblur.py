@@ -75,12 +75,13 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
     _check_outputs_do_not_clobber(outputs, protected)
     photo = read_photo(path)
     H, W = photo.pixels.shape[:2]
+    compression = photo.compression_sigma if args.jpeg_noise == "auto" else args.jpeg_noise
     t0 = time.perf_counter()
     res = deblur_photo(photo.pixels, sigma=sigma, prior=prior, method=args.method, kernel_size=args.kernel_size,
                        n_particles=args.particles, steps=args.steps, seed=args.seed, device=args.device,
                        progress=not args.quiet, window=args.window, restore=args.restore, boundary=args.boundary,
                        sigma_floor=args.sigma_floor, linear_light=args.linear_light, saturation=args.saturation,
-                       bf16={"auto": "auto", "on": True, "off": False}[args.bf16])
+                       bf16={"auto": "auto", "on": True, "off": False}[args.bf16], compression_sigma=compression)
     elapsed = time.perf_counter() - t0
     restored = res.image.permute(1, 2, 0).numpy()
     kernel = res.kernel.numpy().astype(np.float32)
@@ -98,8 +99,10 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                 s = s.mean(0, keepdim=True) if photo.grayscale and s.shape[0] != 1 else s
                 write_photo(outputs[f"sample_{i}"], s.permute(1, 2, 0).numpy(), None, photo.bit_depth)
                 written.append(outputs[f"sample_{i}"])
+        jpeg = (f" + JPEG {res.info['compression_sigma'] * 255:.2f}/255 → {res.info['sigma_restore'] * 255:.2f}/255"
+                if res.info["compression_sigma"] else "")
         title = (f"{Path(path).name}: {args.method}, σ={res.sigma * 255:.2f}/255"
-                 f"{' (estimated)' if res.sigma_estimated else ''}, {res.restore}"
+                 f"{' (estimated)' if res.sigma_estimated else ''}{jpeg}, {res.restore}"
                  + ("" if res.info.get("kernel_trusted", True) else " — kernel NOT trusted: output only denoised"))
         _figure(outputs["figure"], photo.pixels, restored, kernel, title)
         written.append(outputs["figure"])
@@ -112,9 +115,11 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                            "prior_name": res.info.get("prior"), "seed": args.seed, "device": str(args.device),
                            "window": args.window, "restore": res.restore, "boundary": args.boundary,
                            "linear_light": args.linear_light, "saturation": args.saturation,
-                           "sigma_floor": args.sigma_floor, "bf16": args.bf16,
+                           "sigma_floor": args.sigma_floor, "jpeg_noise": args.jpeg_noise, "bf16": args.bf16,
                            "kernel_prior": res.info.get("kernel_prior")},
             "sigma": res.sigma, "sigma_255": res.sigma * 255, "sigma_estimated": res.sigma_estimated,
+            "jpeg_quantization_step": photo.jpeg_step,
+            "compression_sigma_255": res.info["compression_sigma"] * 255,
             "sigma_restore_255": res.info["sigma_restore"] * 255,
             "kernel_window": list(res.window) if res.window else None,
             "kernel_trusted": res.info.get("kernel_trusted"),
@@ -135,6 +140,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
                 os.remove(p)
         raise
     return {"input": path, "outputs": outputs, "sigma": res.sigma, "estimated": res.sigma_estimated, "time": elapsed,
+            "compression_sigma": res.info["compression_sigma"], "sigma_restore": res.info["sigma_restore"],
             "trusted": res.info.get("kernel_trusted", True)}
 
 
@@ -186,6 +192,7 @@ def _validate(args):
             raise CLIError(f"--window: must be at least twice the kernel size ({2 * args.kernel_size}), got {args.window}")
     args.sigma_floor = (SIGMA_FLOOR if args.sigma_floor is None else
                         parse_sigma(args.sigma_floor, "--sigma-floor", allow_zero=True))
+    args.jpeg_noise = parse_sigma(args.jpeg_noise, "--jpeg-noise", allow_auto=True, allow_zero=True)
     if args.steps is not None:
         check_positive_int(args.steps, "--steps")
     check_choice(args.restore, RESTORE_MODES, "--restore")
@@ -243,6 +250,9 @@ def run_deblur(args, fallback_prior: bool = False) -> int:
             continue
         done.append(r)
         est = " (estimated)" if r["estimated"] else ""
+        if r["compression_sigma"]:
+            est += (f", restored at {r['sigma_restore'] * 255:.2f}/255 "
+                    f"(JPEG compression {r['compression_sigma'] * 255:.2f}/255)")
         warn = "" if r["trusted"] else ("\n  warning: the estimated kernel does not explain the photo (safeguard); "
                                        "the output is only denoised, not deblurred")
         print(f"{path} -> {r['outputs']['image']}  (kernel {r['outputs']['kernel_npy']}, figure "
@@ -263,8 +273,12 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
     p.add_argument("--method", default="multiscale-pnp",
                    help="multiscale-pnp (diffem's default) | the paper's fast-em-pigdm | fast-em-dps | em-pigdm | em-dps")
     p.add_argument("--sigma-floor", default=None,   # None: the pipeline's SIGMA_FLOOR (set in _validate)
-                   help="lowest noise level the restoration assumes (quantisation, JPEG, model error); "
+                   help="lowest noise level the restoration assumes (quantisation, model error); "
                         "on [0,1] like --sigma (default: 1/255)")
+    p.add_argument("--jpeg-noise", default="auto",
+                   help="the noise JPEG compression added, which --sigma auto cannot see: the restoration and the "
+                        "kernels' judge add it to σ in quadrature. auto (from a JPEG file's quantisation table; 0 for "
+                        "other files), 0 (off) or like --sigma")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,
                    help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")

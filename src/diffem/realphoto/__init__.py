@@ -2,7 +2,7 @@
 
     from diffem.realphoto import read_photo, deblur_photo
     photo = read_photo("blurry.jpg")
-    result = deblur_photo(photo.pixels, sigma="auto")      # result.image (C,H,W), result.kernel
+    result = deblur_photo(photo.pixels, compression_sigma=photo.compression_sigma)   # result.image (C,H,W), .kernel
 """
 from diffem.physics import crop, wiener_deconv
 from diffem.padding import pad_periodic

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from diffem.files import atomic_write
+from diffem.realphoto.noise import jpeg_sigma
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm", ".pgm", ".pnm")
 
@@ -31,6 +32,13 @@ class Photo:
     alpha: np.ndarray | None    # (H, W) alpha plane in its original dtype, or None
     bit_depth: int              # 8 or 16
     path: str | None = None
+    jpeg_step: float | None = None   # a JPEG's mean luminance quantisation step (0..255 scale), else None
+
+    @property
+    def compression_sigma(self) -> float:
+        """The noise std (on [0, 1]) its JPEG compression added (``noise.jpeg_sigma``; 0 for other files): pass it
+        to ``deblur_photo(…, compression_sigma=…)``."""
+        return jpeg_sigma(self.jpeg_step)
 
     @property
     def grayscale(self) -> bool:
@@ -106,6 +114,8 @@ def read_photo(path: str) -> Photo:
         with Image.open(path) as im:
             orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
             im.load()  # raises OSError on a truncated file
+            tables = getattr(im, "quantization", None) if im.format == "JPEG" else None
+            jpeg_step = float(np.mean(tables[0])) if tables and 0 in tables else None
             w, h = im.size
             if w == 0 or h == 0:
                 raise ValueError(f"input {path!r} has zero size ({w}x{h})")
@@ -122,7 +132,7 @@ def read_photo(path: str) -> Photo:
         raise ValueError(f"input {path!r} could not be decoded (truncated or corrupt: {e})") from None
     if orientation not in (None, 1):
         arr, alpha = _exif_rotate(arr, alpha, orientation)
-    return Photo(np.ascontiguousarray(arr, dtype=np.float32), alpha, bits, path)
+    return Photo(np.ascontiguousarray(arr, dtype=np.float32), alpha, bits, path, jpeg_step)
 
 
 def _pixels_from_pil(im: Image.Image):

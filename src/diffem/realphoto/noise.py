@@ -11,6 +11,11 @@ Two estimators of the std of additive white Gaussian noise on the [0, 1] scale:
 Pixels next to saturated (clipped) values are ignored: clipping removes the noise there.
 ``benchmarks/realphoto.py`` measures both on CBSD68 (PCA within 1.3 % of the truth, MAD within 4.2 %), so
 ``estimate_sigma`` defaults to ``"pca"``.
+
+JPEG compression is noise that neither estimator sees: it removes the finest detail (where they look for
+noise) and adds blocks, ringing and coarser colour, which no blur kernel explains. ``jpeg_sigma`` turns the
+file's luminance quantisation table into the std of an extra noise term (``deblur_photo``'s
+``compression_sigma``), calibrated on the photo dev set saved as JPEG (docs/benchmarks/realphoto.md).
 """
 from __future__ import annotations
 
@@ -21,6 +26,10 @@ from diffem.measurement import as_image
 
 SIGMA_MIN = 1.0 / 255  # floor: 8-bit quantisation, JPEG and model errors; the samplers need σ > 0
 SIGMA_MAX = 0.3
+# σ of JPEG compression = this × the mean step of the luminance quantisation table (on 0..255): the photo dev set
+# at quality 75 (mean step 29, the quality of all 100 Lai16 real photos) lost its kernels at σ ≈ 1/255 (+0.95 dB
+# on 10 photos against +7.3 as PNG) and kept them at 5/255 (session 28)
+JPEG_SIGMA_PER_STEP = 5.0 / 29
 
 
 def _unsaturated_blocks(y: torch.Tensor, block: int, low=0.005, high=0.995) -> torch.Tensor:
@@ -98,4 +107,10 @@ def estimate_sigma(y, method: str = "pca", clip: bool = True) -> float:
     return float(np.clip(s, SIGMA_MIN, SIGMA_MAX)) if clip else s
 
 
-__all__ = ["estimate_sigma", "sigma_mad", "sigma_pca", "SIGMA_MIN", "SIGMA_MAX"]
+def jpeg_sigma(quantization_step: float | None) -> float:
+    """The std (on [0, 1]) of the noise JPEG compression adds, from the mean step of the file's luminance
+    quantisation table (``Photo.jpeg_step``; None, a file that is not a JPEG: 0)."""
+    return 0.0 if quantization_step is None else JPEG_SIGMA_PER_STEP * float(quantization_step) / 255
+
+
+__all__ = ["JPEG_SIGMA_PER_STEP", "estimate_sigma", "jpeg_sigma", "sigma_mad", "sigma_pca", "SIGMA_MIN", "SIGMA_MAX"]

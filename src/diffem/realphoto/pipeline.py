@@ -1,7 +1,9 @@
 """``deblur_photo``: blind deblurring of a real photo of any size, end to end.
 
-1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the restoration uses
-   max(σ, ``sigma_floor``): 8-bit quantisation, JPEG and model error act as extra noise.
+1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the kernel estimation uses it. The
+   restoration and the kernels' judge use σ_r = max(√(σ² + ``compression_sigma``²), ``sigma_floor``): 8-bit
+   quantisation, JPEG (``noise.jpeg_sigma`` of the file's quantisation table, which the estimate cannot see) and
+   model error act as extra noise there.
 2. Trusted pixels: clipped pixels (a channel ≥ ``saturation`` or ≤ 1 − it) and their direct neighbours
    leave the likelihood (``Blur(trusted=…)``): their value is not k ⊛ x. (Their blurred surroundings are
    measurements of a scene that may exceed 1 where it was clipped: they stay, the latent image is not bounded.)
@@ -36,6 +38,7 @@
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -243,7 +246,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                  window: int | None = None, windows: int = 3, full_factor: float = 1.25, restore: str = "auto",
                  tile: int = 1024, noise_method: str = "pca", sigma_floor: float = SIGMA_FLOOR,
                  preset: str | None = None, boundary: str = "valid", denoiser="ffdnet", fallback: bool = True,
-                 saturation: float = SATURATION, linear_light: bool = False, bf16="auto", **options) -> PhotoResult:
+                 saturation: float = SATURATION, linear_light: bool = False, bf16="auto",
+                 compression_sigma: float = 0.0, **options) -> PhotoResult:
     """Blind deblurring of a real photo (see the module docstring for the steps).
 
     y: (C,H,W) tensor or (H,W[,C]) numpy array on [0, 1], C = 1 or 3. sigma: 'auto', a float or '5/255'.
@@ -256,6 +260,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     linear_light: deblur in linear light (undo the sRGB curve first, re-apply it to the result).
     saturation: pixels with a channel ≥ it or ≤ 1 − it (and their neighbours) leave the likelihood
     (``SATURATION``, 1.0: only exactly clipped values).
+    compression_sigma: the std of the noise lossy compression added (``noise.jpeg_sigma``; the CLI reads it from a
+    JPEG's quantisation table), combined in quadrature with σ in the restoration and the kernels' judge.
     bf16: 'auto' | True | False: FFDNet in bf16 in the PnP restorations' early iterations (σ_k ≥ ``BF16_FROM``);
     'auto' where bf16 convolutions are faster than fp32 (``perf.bf16_conv_fast``).
     Other arguments go to ``diffem.deblur``.
@@ -283,12 +289,16 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
 
     # 1. noise level
     sigma = parse_sigma(sigma, allow_auto=True)
+    compression_sigma = parse_sigma(compression_sigma, "compression_sigma", allow_zero=True)
     estimated = sigma == "auto"
     if estimated:
         t = time.perf_counter()
         sigma = estimate_sigma(y, method=noise_method)
         timings["sigma_s"] = time.perf_counter() - t
-    sigma_r = max(float(sigma), parse_sigma(sigma_floor, "sigma_floor", allow_zero=True))
+    # independent errors: their variances add. Only in the restoration and the judge: the kernels estimated from y
+    # pre-denoised at σ·5 on JPEG photos were worse than from y at σ (the photo dev set at quality 75, session 28)
+    sigma_r = max(math.hypot(float(sigma), compression_sigma), parse_sigma(sigma_floor, "sigma_floor", allow_zero=True))
+    info["compression_sigma"] = compression_sigma
 
     dev = resolve_device(device)
     t = time.perf_counter()
