@@ -295,8 +295,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         t = time.perf_counter()
         sigma = estimate_sigma(y, method=noise_method)
         timings["sigma_s"] = time.perf_counter() - t
-    # independent errors: their variances add. Only in the restoration and the judge: the kernels estimated from y
-    # pre-denoised at σ·5 on JPEG photos were worse than from y at σ (the photo dev set at quality 75, session 28)
+    # independent errors: their variances add. Only in the restoration and the judge: on 4 dev photos saved as JPEG
+    # quality 75, kernels estimated from y pre-denoised at 5/255 did worse than from y at σ (session 28)
     sigma_r = max(math.hypot(float(sigma), compression_sigma), parse_sigma(sigma_floor, "sigma_floor", allow_zero=True))
     info["compression_sigma"] = compression_sigma
 
