@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -294,8 +295,10 @@ def candidates(args) -> int:
     from diffem.metrics.no_reference import gradient_sparsity
     from diffem.physics import Blur, delta_kernel
     from diffem.realphoto.noise import estimate_sigma
-    from diffem.realphoto.pipeline import SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size, kernel_candidates, roomy_size
-    from diffem.realphoto.tiling import informative_windows, saturated
+    from diffem.realphoto import read_photo
+    from diffem.realphoto.pipeline import (JUDGE_SATURATION, SATURATION, SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size,
+                                           _unclipped, kernel_candidates, roomy_size)
+    from diffem.realphoto.tiling import informative_windows
 
     data, manifest = read_manifest(args.data)
     out = out_dir(args.out, "--out")
@@ -313,29 +316,34 @@ def candidates(args) -> int:
     for p in tqdm([p for p in manifest["pairs"][:args.limit] if p["name"] not in done], desc="candidates"):
         y = torch.from_numpy(read_rgb(data / p["blurry"])).permute(2, 0, 1).float()
         gt = read_rgb(data / p["sharp"])
+        # as deblur_photo with every CLI default: estimation at σ̂ on the unclipped pixels, the judge at σ_r
+        # (a JPEG's compression noise included; then on the luminance) on the pixels within JUDGE_SATURATION
         sigma = float(estimate_sigma(y, method="pca"))
-        sigma_r = max(sigma, SIGMA_FLOOR)
-        trusted = ~saturated(y, 3, 0.98)
+        compression = read_photo(str(data / p["blurry"])).compression_sigma
+        sigma_r, luma = max(math.hypot(sigma, compression), SIGMA_FLOOR), compression > 0
+        trusted = _unclipped(y, SATURATION)
+        judged = _unclipped(y, JUDGE_SATURATION) & trusted
         ksize, auto = _kernel_size("auto", tuple(y.shape[-2:]))
         roomy = roomy_size(ksize, auto, tuple(y.shape[-2:]))   # the largest support, the scorer's
         v = predenoise(y[None], sigma, den)
-        pipeline = [f"{e}-{n}" for e, n in kernel_candidates(ksize, auto, roomy)]
-        kernels = {f"{e}-{n}": estimate_kernel_denoised(v, sigma, n, "valid", trusted, e)
-                   for e, n in kernel_candidates(ksize, auto, roomy) + extra}
+        pipeline = kernel_candidates(ksize, auto, roomy)
+        kernels = {f"{e}-{n}": estimate_kernel_denoised(v, sigma, n, "valid", trusted, e) for e, n in pipeline + extra}
+        pipeline = [f"{e}-{n}" for e, n in pipeline]
         kernels["true"] = torch.from_numpy(np.load(data / p["kernel_npy"])).float()
         if args.kernels_out:   # every kernel of this photo, for analyses that need no re-estimation
             atomic_write(Path(args.kernels_out) / f"{p['name']}.npz", lambda tmp: np.savez(
                 tmp, **{n: k.double().numpy() for n, k in kernels.items()}))
         (t, l), = informative_windows(y, SCORE_SIZE, roomy, 1)
-        yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], trusted[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
+        yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], judged[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
             gt[t:t + SCORE_SIZE, l:l + SCORE_SIZE]
         # the pipeline's _Scorer: the same crop and no-blur reference for every kernel
-        no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(roomy), sigma_r, "valid", trusted=tc), den)
-        row = dict(name=p["name"], kernel_size=p["kernel_size"], sigma_255=sigma * 255,
+        no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(roomy), sigma_r, "valid", trusted=tc), den,
+                                    luma=luma)
+        row = dict(name=p["name"], kernel_size=p["kernel_size"], sigma_255=sigma * 255, sigma_judge_255=sigma_r * 255,
                    psnr_in=shifted_psnr(to_hwc(yc), gtc, args.shift)[0], scores={})
         for label, k in kernels.items():
             physics = Blur.for_measurement(yc, k, sigma_r, "valid", trusted=tc)
-            verdict = check_kernel(yc, None, physics, den, no_blur=no_blur)
+            verdict = check_kernel(yc, None, physics, den, no_blur=no_blur, luma=luma)
             row["scores"][label] = dict(
                 ratio=verdict["residual_ratio_relative"],
                 sparsity=float(gradient_sparsity(verdict["restored_image"])),

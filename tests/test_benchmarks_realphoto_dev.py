@@ -1,11 +1,15 @@
 """benchmarks/realphoto_dev.py (issue 13's dev set and its scoring): design, blur, alignment, resumability."""
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+from diffem.realphoto import read_photo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import realphoto_dev as dev  # noqa: E402
@@ -108,4 +112,13 @@ def test_candidates_scores_the_pipeline_candidates_and_the_true_kernel(tmp_path,
     assert scores["none"]["ratio"] == 1.0 and abs(scores["none"]["psnr"] - rows[0]["psnr_in"]) < 1   # denoised y
     assert scores["true"]["psnr"] > rows[0]["psnr_in"] + 3    # the true kernel deblurs
     assert "true kernel" in capsys.readouterr().out
+    assert rows[0]["sigma_judge_255"] == max(rows[0]["sigma_255"], 1.0)   # a PNG: no compression noise
     assert dev.main(["candidates", "--data", str(tmp_path / "none"), "--out", str(out)]) == 2
+    # the same photo as a JPEG: judged, as deblur_photo does, with the compression noise of its table
+    assert dev.main(["make", "--out", str(tmp_path / "jpg"), "--sharp", str(sharp), "--kernels", str(kern),
+                     "--limit", "1", "--crop", "96", "--jpeg", "75"]) == 0
+    jpeg_out = tmp_path / "jpg.jsonl"
+    assert dev.main(["candidates", "--data", str(tmp_path / "jpg"), "--out", str(jpeg_out), "--threads", "1"]) == 0
+    row = json.loads(jpeg_out.read_text())
+    step = read_photo(str(tmp_path / "jpg" / "blurry" / "manmade_01_k1.jpg")).jpeg_step
+    assert row["sigma_judge_255"] == pytest.approx(math.hypot(row["sigma_255"], 5 * step / 29))

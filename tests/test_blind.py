@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffem.blind.multiscale import DEFAULTS, default_lam, estimate_kernel_multiscale, fitted_size, pyramid
-from diffem.blind.safeguard import check_kernel, no_blur_reference
+from diffem.blind.safeguard import LUMA, check_kernel, no_blur_reference, residual_ratio
 from diffem.blind.steps import clean_kernel, kernel_nnls, l0_latent
 from diffem.denoisers import load_denoiser
 from diffem.metrics import error_ratio
@@ -286,6 +286,25 @@ def test_safeguard_flags_a_wrong_kernel_and_trusts_the_right_one():
     assert no_blur[1] == verdicts["rotated"]["residual_ratio_no_blur"]
     again = check_kernel(y, None, Blur(torch.rot90(k, 1, (0, 1)), sigma), den, no_blur=no_blur)
     assert again["residual_ratio"] == verdicts["rotated"]["residual_ratio"] and not again["kernel_trusted"]
+
+
+def test_the_luminance_residual_ignores_colour_and_keeps_the_noise_scale():
+    """residual_ratio(luma=True): independent noise of std σ per channel scores ≈ 1 either way; an error with no
+    luminance (what JPEG's coarse colour leaves) scores 0; a grey error exactly 1/‖LUMA‖² times its RGB score;
+    a greyscale y is unchanged."""
+    g = torch.Generator().manual_seed(0)
+    sigma, shape = 0.02, (1, 3, 96, 96)
+    physics = Blur(delta_kernel(3), sigma)
+    y, noise = torch.rand(shape, generator=g), sigma * torch.randn(shape, generator=g)
+    w = torch.tensor(LUMA).view(1, 3, 1, 1)
+    colour = torch.randn(shape, generator=g)
+    colour -= w * (colour * w).sum(1, keepdim=True) / (w ** 2).sum()          # no luminance left
+    ratio = lambda e, luma, y=y: residual_ratio(y, y - e, physics, luma)   # noqa: E731
+    assert ratio(noise, False) == pytest.approx(1, abs=0.03) and ratio(noise, True) == pytest.approx(1, abs=0.05)
+    assert ratio(colour, True) < 1e-9 < 100 < ratio(colour, False)
+    grey = noise[:, :1].expand(shape)
+    assert ratio(grey, True) == pytest.approx(ratio(grey, False) / float((w ** 2).sum()), rel=1e-5)
+    assert ratio(noise[:, :1], True, y[:, :1]) == ratio(noise[:, :1], False, y[:, :1])
 
 
 def test_safeguard_at_low_noise_trusts_the_true_kernel_of_a_valid_blur():

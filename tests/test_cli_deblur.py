@@ -98,6 +98,9 @@ def test_a_jpeg_adds_its_compression_noise_to_the_estimated_sigma(tmp_path, caps
     assert auto["sigma_restore_255"] == pytest.approx(np.hypot(auto["sigma_255"], jpeg)) and jpeg > 4
     assert off["sigma_restore_255"] == pytest.approx(max(off["sigma_255"], 1.0))
     assert given["sigma_255"] == pytest.approx(2) and given["sigma_restore_255"] == pytest.approx(np.hypot(2, jpeg))
+    # a colour JPEG's kernels are judged on its luminance (its colour is coarser than any kernel explains)
+    assert auto["safeguard"]["judged_on"] == "luminance" == given["safeguard"]["judged_on"]
+    assert off["safeguard"]["judged_on"] == "all channels" == png["safeguard"]["judged_on"]
 
 
 def test_an_untrusted_kernel_gives_a_denoised_photo_and_a_warning(tmp_path, capsys, monkeypatch):

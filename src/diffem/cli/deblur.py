@@ -124,7 +124,8 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             "kernel_window": list(res.window) if res.window else None,
             "kernel_trusted": res.info.get("kernel_trusted"),
             "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out", "residual_limit",
-                                                   "window_scores", "candidates", "no_blur_gradient_sparsity", "estimator")
+                                                   "window_scores", "candidates", "no_blur_gradient_sparsity", "estimator",
+                                                   "judged_on")
                           if k in res.info},
             "output": res.restore, "kernel_size": int(kernel.shape[-1]),
             "kernel_support": res.info.get("kernel_support"), "pnp_bf16_from": res.info.get("pnp_bf16_from"),
@@ -277,7 +278,7 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                         "on [0,1] like --sigma (default: 1/255)")
     p.add_argument("--jpeg-noise", default="auto",
                    help="the noise JPEG compression added, which --sigma auto cannot see: the restoration and the "
-                        "kernels' judge add it to σ in quadrature. auto (from a JPEG file's quantisation table; 0 for "
+                        "kernels' judge add it to σ in quadrature, and the judge reads a colour photo's luminance only. auto (from a JPEG file's quantisation table; 0 for "
                         "other files), 0 (off) or like --sigma")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,

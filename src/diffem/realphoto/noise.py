@@ -24,7 +24,7 @@ import torch
 
 from diffem.measurement import as_image
 
-SIGMA_MIN = 1.0 / 255  # floor: 8-bit quantisation, JPEG and model errors; the samplers need σ > 0
+SIGMA_MIN = 1.0 / 255  # floor: 8-bit quantisation and model error (JPEG: jpeg_sigma); the samplers need σ > 0
 SIGMA_MAX = 0.3
 # σ of JPEG compression = this × the mean step of the luminance quantisation table (on 0..255): the photo dev set
 # at quality 75 (mean step 29, the quality of all 100 Lai16 real photos) lost its kernels at σ ≈ 1/255 (+0.95 dB

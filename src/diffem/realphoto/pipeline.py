@@ -3,7 +3,8 @@
 1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the kernel estimation uses it. The
    restoration and the kernels' judge use σ_r = max(√(σ² + ``compression_sigma``²), ``sigma_floor``): 8-bit
    quantisation, JPEG (``noise.jpeg_sigma`` of the file's quantisation table, which the estimate cannot see) and
-   model error act as extra noise there.
+   model error act as extra noise there. A colour photo with compression noise is judged on its luminance
+   (``safeguard.LUMA``: JPEG keeps colour coarser, an error no kernel explains).
 2. Trusted pixels: clipped pixels (a channel ≥ ``saturation`` or ≤ 1 − it) and their direct neighbours
    leave the likelihood (``Blur(trusted=…)``): their value is not k ⊛ x. (Their blurred surroundings are
    measurements of a scene that may exceed 1 where it was clipped: they stay, the latent image is not bounded.)
@@ -169,11 +170,12 @@ def _kernel_size(kernel_size, shape) -> tuple[int, bool]:
 class _Scorer:
     """Scores kernels on regions (each region's most informative SCORE_SIZE² crop for the largest
     support, the same pixels for every candidate): the means of the safeguard's r(k̂)/r(δ) (how much
-    worse than 'no blur' a kernel explains them) and of its restoration's gradient sparsity. Each
-    crop and its no-blur restoration are made once."""
+    worse than 'no blur' a kernel explains them; ``luma``: of the luminance) and of its restoration's gradient
+    sparsity. Each crop and its no-blur restoration are made once."""
 
-    def __init__(self, regions, sigma: float, den, ksize: int, size: int = SCORE_SIZE):
-        self.regions, self.sigma, self.den, self.ksize, self.size, self.cache = regions, sigma, den, ksize, size, {}
+    def __init__(self, regions, sigma: float, den, ksize: int, size: int = SCORE_SIZE, luma: bool = False):
+        self.regions, self.sigma, self.den, self.ksize, self.size, self.luma = regions, sigma, den, ksize, size, luma
+        self.cache = {}
 
     def crop(self, i: int):
         """(y crop, its trusted pixels, the no-blur reference) of region i."""
@@ -183,7 +185,7 @@ class _Scorer:
             y, trusted = y[..., t:t + self.size, l:l + self.size], trusted[t:t + self.size, l:l + self.size]
             physics = Blur.for_measurement(y, delta_kernel(self.ksize, device=y.device), self.sigma, "valid",
                                            trusted=trusted)
-            self.cache[i] = y, trusted, no_blur_reference(y, physics, self.den)
+            self.cache[i] = y, trusted, no_blur_reference(y, physics, self.den, luma=self.luma)
         return self.cache[i]
 
     def __call__(self, kernel, indices) -> tuple[float, float]:
@@ -191,7 +193,7 @@ class _Scorer:
         for i in indices:
             y, trusted, no_blur = self.crop(i)
             physics = Blur.for_measurement(y, kernel, self.sigma, "valid", trusted=trusted)
-            verdict = check_kernel(y, None, physics, self.den, no_blur=no_blur)
+            verdict = check_kernel(y, None, physics, self.den, no_blur=no_blur, luma=self.luma)
             ratios.append(verdict["residual_ratio_relative"])
             sparsity.append(float(gradient_sparsity(verdict["restored_image"])))
         return sum(ratios) / len(ratios), sum(sparsity) / len(sparsity)
@@ -261,7 +263,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     saturation: pixels with a channel ≥ it or ≤ 1 − it (and their neighbours) leave the likelihood
     (``SATURATION``, 1.0: only exactly clipped values).
     compression_sigma: the std of the noise lossy compression added (``noise.jpeg_sigma``; the CLI reads it from a
-    JPEG's quantisation table), combined in quadrature with σ in the restoration and the kernels' judge.
+    JPEG's quantisation table), combined in quadrature with σ in the restoration and the kernels' judge; when
+    it is > 0 a colour photo's kernels are judged on its luminance.
     bf16: 'auto' | True | False: FFDNet in bf16 in the PnP restorations' early iterations (σ_k ≥ ``BF16_FROM``);
     'auto' where bf16 convolutions are faster than fp32 (``perf.bf16_conv_fast``).
     Other arguments go to ``diffem.deblur``.
@@ -332,8 +335,10 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
                for tp, lf, h, w in boxes]
     t = time.perf_counter()
     samples, res = None, None
+    luma = compression_sigma > 0 and C == 3   # a JPEG's colour is coarser than any kernel explains (safeguard.LUMA)
     score = _Scorer([(r, judged[tp:tp + h, lf:lf + w].to(dev)) for (r, _), (tp, lf, h, w) in zip(regions, boxes)],
-                    sigma_r, pnp_den, roomy)
+                    sigma_r, pnp_den, roomy, luma=luma)
+    info["judged_on"] = "luminance" if luma else "all channels"
     if multiscale:
         settings = dict(options.pop("kernel_settings", {}))
         # the candidates use EM's imputation, not the 256² method's masked kernel step: their gates and limits
