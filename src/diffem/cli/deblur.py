@@ -278,8 +278,8 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                         "on [0,1] like --sigma (default: 1/255)")
     p.add_argument("--jpeg-noise", default="auto",
                    help="the noise JPEG compression added, which --sigma auto cannot see: the restoration and the "
-                        "kernels' judge add it to σ in quadrature, and the judge reads a colour photo's luminance only. auto (from a JPEG file's quantisation table; 0 for "
-                        "other files), 0 (off) or like --sigma")
+                        "kernels' judge add it to σ in quadrature, and the judge reads a colour photo's luminance "
+                        "only. auto (from a JPEG file's quantisation table; 0 for other files), 0 (off) or like --sigma")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,
                    help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")
