@@ -74,9 +74,10 @@ def test_default_method_reports_the_safeguard(tmp_path, capsys):
 
 
 def test_a_jpeg_adds_its_compression_noise_to_the_estimated_sigma(tmp_path, capsys):
-    """--jpeg-noise auto (the default): the restoration's noise level combines σ with jpeg_sigma of the file's
-    quantisation table in quadrature (the kernel estimation keeps σ); --jpeg-noise 0 and a PNG: none."""
-    from diffem.realphoto.noise import jpeg_sigma
+    """--jpeg-noise auto (the default): the kernels' judge's noise level combines σ with jpeg_sigma of the file's
+    quantisation table in quadrature, the restoration's with jpeg_restoration_sigma (the kernel estimation keeps
+    σ); --jpeg-noise 0 and a PNG: none."""
+    from diffem.realphoto.noise import jpeg_restoration_sigma, jpeg_sigma
 
     a = np.asarray(Image.open(_img(tmp_path / "a.png", shape=(48, 48, 3))))
     Image.fromarray(a).save(tmp_path / "j.jpg", quality=75)
@@ -90,14 +91,17 @@ def test_a_jpeg_adds_its_compression_noise_to_the_estimated_sigma(tmp_path, caps
         assert code == 0, err
         reports[name] = json.loads((tmp_path / name / f"{src[0]}_report.json").read_text())
     jpeg = jpeg_sigma(step) * 255
+    share = jpeg_restoration_sigma(jpeg / 255) * 255
     auto, off, png, given = (reports[k] for k in ("auto", "off", "png", "given"))
     assert auto["jpeg_quantization_step"] == pytest.approx(step) and png["jpeg_quantization_step"] is None
     assert auto["compression_sigma_255"] == pytest.approx(jpeg)
     assert off["compression_sigma_255"] == 0 == png["compression_sigma_255"]
     assert auto["sigma_255"] == pytest.approx(off["sigma_255"])        # the estimate itself is unchanged
-    assert auto["sigma_restore_255"] == pytest.approx(np.hypot(auto["sigma_255"], jpeg)) and jpeg > 4
-    assert off["sigma_restore_255"] == pytest.approx(max(off["sigma_255"], 1.0))
-    assert given["sigma_255"] == pytest.approx(2) and given["sigma_restore_255"] == pytest.approx(np.hypot(2, jpeg))
+    assert auto["sigma_judge_255"] == pytest.approx(np.hypot(auto["sigma_255"], jpeg)) and jpeg > 4
+    assert auto["sigma_restore_255"] == pytest.approx(np.hypot(auto["sigma_255"], share)) and 3 < share < jpeg
+    assert off["sigma_restore_255"] == pytest.approx(max(off["sigma_255"], 1.0)) == off["sigma_judge_255"]
+    assert given["sigma_255"] == pytest.approx(2) and given["sigma_restore_255"] == pytest.approx(np.hypot(2, share))
+    assert given["sigma_judge_255"] == pytest.approx(np.hypot(2, jpeg))
     # a colour JPEG's kernels are judged on its luminance (its colour is coarser than any kernel explains)
     assert auto["safeguard"]["judged_on"] == "luminance" == given["safeguard"]["judged_on"]
     assert off["safeguard"]["judged_on"] == "all channels" == png["safeguard"]["judged_on"]

@@ -104,6 +104,18 @@ def test_a_jpeg_reports_its_quantisation_step_and_the_noise_it_adds(tmp_path):
     assert jpeg_sigma(None) == 0.0
 
 
+def test_the_restoration_counts_jpeg_noise_as_the_root_of_the_step():
+    """jpeg_restoration_sigma: 0.6 × √step / 255 from jpeg_sigma's value for the same step (quality 75: 3.2/255
+    where the judge counts 5/255); 0 for a file that is no JPEG; below jpeg_sigma from a step of 13 up."""
+    from diffem.realphoto.noise import jpeg_restoration_sigma, jpeg_sigma
+
+    assert jpeg_restoration_sigma(jpeg_sigma(29)) == pytest.approx(0.6 * 29 ** 0.5 / 255)
+    assert jpeg_restoration_sigma(jpeg_sigma(4 * 29)) == pytest.approx(2 * jpeg_restoration_sigma(jpeg_sigma(29)))
+    assert jpeg_restoration_sigma(jpeg_sigma(None)) == 0.0
+    assert jpeg_restoration_sigma(jpeg_sigma(13)) < jpeg_sigma(13)
+    assert jpeg_restoration_sigma(jpeg_sigma(11)) > jpeg_sigma(11)
+
+
 def test_bad_files_raise_value_error_naming_the_file(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     (tmp_path / "empty.png").write_bytes(b"")

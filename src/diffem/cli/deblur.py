@@ -121,6 +121,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             "jpeg_quantization_step": photo.jpeg_step,
             "compression_sigma_255": res.info["compression_sigma"] * 255,
             "sigma_restore_255": res.info["sigma_restore"] * 255,
+            "sigma_judge_255": res.info["sigma_judge"] * 255,
             "kernel_window": list(res.window) if res.window else None,
             "kernel_trusted": res.info.get("kernel_trusted"),
             "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out", "residual_limit",
@@ -277,9 +278,10 @@ def _add_common(p: argparse.ArgumentParser, steps_default, window_default: int |
                    help="lowest noise level the restoration assumes (quantisation, model error); "
                         "on [0,1] like --sigma (default: 1/255)")
     p.add_argument("--jpeg-noise", default="auto",
-                   help="the noise JPEG compression added, which --sigma auto cannot see: the restoration and the "
-                        "kernels' judge add it to σ in quadrature, and the judge reads a colour photo's luminance "
-                        "only. auto (from a JPEG file's quantisation table; 0 for other files), 0 (off) or like --sigma")
+                   help="the noise JPEG compression added, which --sigma auto cannot see: the kernels' judge adds "
+                        "it to σ in quadrature and reads a colour photo's luminance only; the restoration adds a "
+                        "share that grows as its root (0.6·√step/255). auto (from a JPEG file's quantisation table; "
+                        "0 for other files), 0 (off) or like --sigma")
     p.add_argument("--particles", type=int, default=1, help="posterior samples (particles)")
     p.add_argument("--steps", type=int, default=steps_default,
                    help="diffusion steps (default: 100 for ΠGDM, 1000 for DPS)")

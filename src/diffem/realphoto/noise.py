@@ -15,9 +15,12 @@ Pixels next to saturated (clipped) values are ignored: clipping removes the nois
 JPEG compression is noise that neither estimator sees: it removes the finest detail (where they look for
 noise) and adds blocks, ringing and coarser colour, which no blur kernel explains. ``jpeg_sigma`` turns the
 file's luminance quantisation table into the std of an extra noise term (``deblur_photo``'s
-``compression_sigma``), calibrated on the photo dev set saved as JPEG (docs/benchmarks/realphoto.md).
+``compression_sigma``), calibrated on the photo dev set saved as JPEG (docs/benchmarks/realphoto.md); the image
+stage assumes less of it (``jpeg_restoration_sigma``).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -30,6 +33,11 @@ SIGMA_MAX = 0.3
 # at quality 75 (mean step 29, the quality of all 100 Lai16 real photos) lost its kernels at σ ≈ 1/255 (+0.95 dB
 # on 10 photos against +7.25 as PNG); restored and judged at √(1² + 5²)/255 it gained +4.54 dB (session 28)
 JPEG_SIGMA_PER_STEP = 5.0 / 29
+# The image stage's share: 0.6 × √step / 255. JPEG's own error grows about as the root of the step (the dev photos'
+# RGB error std 1.55, 1.77, 2.29, 3.00 /255 at quality 95, 90, 75, 50), and on the dev crops' PnP restorations with
+# the CLI's kernels this law beat the linear one by +0.09 dB at quality 75 and +0.00 at 90; at quality 75 (3.2/255
+# instead of 5/255) it keeps texture the linear one smoothed away (NIQE on the Lai16 real photos; session 30)
+JPEG_RESTORE_PER_ROOT_STEP = 0.6
 
 
 def _unsaturated_blocks(y: torch.Tensor, block: int, low=0.005, high=0.995) -> torch.Tensor:
@@ -113,4 +121,12 @@ def jpeg_sigma(quantization_step: float | None) -> float:
     return 0.0 if quantization_step is None else JPEG_SIGMA_PER_STEP * float(quantization_step) / 255
 
 
-__all__ = ["JPEG_SIGMA_PER_STEP", "estimate_sigma", "jpeg_sigma", "sigma_mad", "sigma_pca", "SIGMA_MIN", "SIGMA_MAX"]
+def jpeg_restoration_sigma(compression_sigma: float) -> float:
+    """The JPEG noise std (on [0, 1]) the restoration assumes, from ``jpeg_sigma``'s value for the same file:
+    ``JPEG_RESTORE_PER_ROOT_STEP`` × √step / 255 (0 for 0)."""
+    step = float(compression_sigma) * 255 / JPEG_SIGMA_PER_STEP
+    return JPEG_RESTORE_PER_ROOT_STEP * math.sqrt(step) / 255
+
+
+__all__ = ["JPEG_RESTORE_PER_ROOT_STEP", "JPEG_SIGMA_PER_STEP", "estimate_sigma", "jpeg_restoration_sigma",
+           "jpeg_sigma", "sigma_mad", "sigma_pca", "SIGMA_MIN", "SIGMA_MAX"]

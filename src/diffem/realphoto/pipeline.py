@@ -1,9 +1,9 @@
 """``deblur_photo``: blind deblurring of a real photo of any size, end to end.
 
 1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the kernel estimation uses it. The
-   restoration and the kernels' judge use σ_r = max(√(σ² + ``compression_sigma``²), ``sigma_floor``): 8-bit
-   quantisation, JPEG (``noise.jpeg_sigma`` of the file's quantisation table, which the estimate cannot see) and
-   model error act as extra noise there. A colour photo with compression noise is judged on its luminance
+   kernels' judge uses σ_r = max(√(σ² + ``compression_sigma``²), ``sigma_floor``): 8-bit quantisation, JPEG
+   (``noise.jpeg_sigma`` of the file's quantisation table, which the estimate cannot see) and model error act as
+   extra noise there. The restoration counts a smaller share of the JPEG noise (``noise.jpeg_restoration_sigma``). A colour photo with compression noise is judged on its luminance
    (``safeguard.LUMA``: JPEG keeps colour coarser, an error no kernel explains).
 2. Trusted pixels: clipped pixels (a channel ≥ ``saturation`` or ≤ 1 − it) and their direct neighbours
    leave the likelihood (``Blur(trusted=…)``): their value is not k ⊛ x. (Their blurred surroundings are
@@ -59,7 +59,7 @@ from diffem.priors import load_prior
 from diffem.padding import pad_periodic
 from diffem.perf import bf16_conv_fast
 from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
-from diffem.realphoto.noise import estimate_sigma
+from diffem.realphoto.noise import estimate_sigma, jpeg_restoration_sigma
 from diffem.realphoto.tiling import deconv_valid, informative_windows, map_tiles, saturated
 
 MULTIPLE = 16  # the UNets downsample 3-4 times
@@ -263,8 +263,9 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     saturation: pixels with a channel ≥ it or ≤ 1 − it (and their neighbours) leave the likelihood
     (``SATURATION``, 1.0: only exactly clipped values).
     compression_sigma: the std of the noise lossy compression added (``noise.jpeg_sigma``; the CLI reads it from a
-    JPEG's quantisation table), combined in quadrature with σ in the restoration and the kernels' judge; when
-    it is > 0 a colour photo's kernels are judged on its luminance.
+    JPEG's quantisation table), combined in quadrature with σ in the kernels' judge (and, as
+    ``noise.jpeg_restoration_sigma``, in the restoration); when it is > 0 a colour photo's kernels are judged on its
+    luminance.
     bf16: 'auto' | True | False: FFDNet in bf16 in the PnP restorations' early iterations (σ_k ≥ ``BF16_FROM``);
     'auto' where bf16 convolutions are faster than fp32 (``perf.bf16_conv_fast``).
     Other arguments go to ``diffem.deblur``.
@@ -298,9 +299,12 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         t = time.perf_counter()
         sigma = estimate_sigma(y, method=noise_method)
         timings["sigma_s"] = time.perf_counter() - t
-    # independent errors: their variances add. Only in the restoration and the judge: on 4 dev photos saved as JPEG
-    # quality 75, kernels estimated from y pre-denoised at 5/255 did worse than from y at σ (session 28)
-    sigma_r = max(math.hypot(float(sigma), compression_sigma), parse_sigma(sigma_floor, "sigma_floor", allow_zero=True))
+    # independent errors: their variances add. Only in the kernels' judge (sigma_r) and the restoration (sigma_image,
+    # a smaller JPEG share): on 4 dev photos saved as JPEG quality 75, kernels estimated from y pre-denoised at 5/255
+    # did worse than from y at σ (session 28)
+    floor = parse_sigma(sigma_floor, "sigma_floor", allow_zero=True)
+    sigma_r = max(math.hypot(float(sigma), compression_sigma), floor)
+    sigma_image = max(math.hypot(float(sigma), jpeg_restoration_sigma(compression_sigma)), floor)
     info["compression_sigma"] = compression_sigma
 
     dev = resolve_device(device)
@@ -322,7 +326,7 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     sigma_k = float(sigma)   # the kernel stage's noise level (no floor: it pre-denoises at σ)
     if linear_light:   # the blur acts on light; noise on the encoded values scales by the curve's slope
         slope = float(srgb_slope(y).median())
-        sigma_k, sigma_r = sigma_k * slope, sigma_r * slope
+        sigma_k, sigma_r, sigma_image = sigma_k * slope, sigma_r * slope, sigma_image * slope
         y = srgb_to_linear(y)
 
     # 3. the kernel
@@ -419,26 +423,27 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     if fallback and not trusted_kernel:
         mode = "denoised"
         image = map_tiles(y, None, tile=tile, overlap=32, context=16, progress=progress, desc="denoising tiles",
-                          edge_fn=lambda piece: den(piece.to(dev), sigma_r).cpu())
+                          edge_fn=lambda piece: den(piece.to(dev), sigma_image).cpu())
     elif mode == "sample":
         image = samples[0]
     elif mode == "pnp":
         def pnp_tile(piece, piece_trusted):
-            physics = Blur.for_measurement(piece, support.to(dev), sigma_r, "valid", trusted=piece_trusted[0, 0].to(dev))
+            physics = Blur.for_measurement(piece, support.to(dev), sigma_image, "valid",
+                                           trusted=piece_trusted[0, 0].to(dev))
             return physics.crop(pnp_hqs(piece.to(dev), physics, pnp_den)).cpu()
         image = map_tiles(y, None, tile=tile, overlap=max(16, context), context=context, progress=progress,
                           desc="PnP tiles", edge_fn=pnp_tile, aux=trusted[None].float())
     elif mode == "wiener":
-        image = map_tiles(y, lambda t_: wiener_deconv(t_, support, sigma_r), tile=max(tile, 4 * context),
+        image = map_tiles(y, lambda t_: wiener_deconv(t_, support, sigma_image), tile=max(tile, 4 * context),
                           overlap=max(16, context), context=context, progress=progress,
-                          desc="deconvolution tiles", edge_fn=lambda t_: deconv_valid(t_, support, sigma_r))
+                          desc="deconvolution tiles", edge_fn=lambda t_: deconv_valid(t_, support, sigma_image))
     else:   # diffusion: one posterior sample per tile, seeds differ per tile
         p = p or load_prior(prior, preset=preset, device=dev)
         counter = iter(range(10**9))
         sampler = "pigdm" if multiscale else method.rsplit("-", 1)[1]
 
         def fn(tile_y):
-            r = diffem.restore(tile_y[0], support, sigma_r, prior=p, method=sampler, steps=steps,
+            r = diffem.restore(tile_y[0], support, sigma_image, prior=p, method=sampler, steps=steps,
                                seed=seed + next(counter), device=dev, progress=False)
             return r.image.detach().float().cpu()[None]
         image = map_tiles(y, fn, tile=256, overlap=max(16, context), context=context // 2 + 8,
@@ -454,7 +459,8 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
     if res is not None:
         timings.update({f"blind_{k}": v for k, v in res.timings.items()})
         info.update({k: v for k, v in res.info.items() if k not in info})
-    info.update(method=method, sigma_restore=sigma_r, noise_method=noise_method if estimated else None,
+    info.update(method=method, sigma_restore=sigma_image, sigma_judge=sigma_r,
+                noise_method=noise_method if estimated else None,
                 kernel_size=int(kernel.shape[-1]), kernel_support=int(support.shape[-1]), windows_tried=len(boxes),
                 linear_light=linear_light)
     return PhotoResult(image=image, kernel=kernel, sigma=float(sigma), sigma_estimated=estimated, window=window_box,
