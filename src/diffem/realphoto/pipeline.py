@@ -3,8 +3,9 @@
 1. σ: estimated from the photo (``noise.estimate_sigma``) unless given; the kernel estimation uses it. The
    kernels' judge uses σ_r = max(√(σ² + ``compression_sigma``²), ``sigma_floor``): 8-bit quantisation, JPEG
    (``noise.jpeg_sigma`` of the file's quantisation table, which the estimate cannot see) and model error act as
-   extra noise there. The restoration counts a smaller share of the JPEG noise (``noise.jpeg_restoration_sigma``). A colour photo with compression noise is judged on its luminance
-   (``safeguard.LUMA``: JPEG keeps colour coarser, an error no kernel explains).
+   extra noise there. The restoration counts a smaller share of the JPEG noise (``noise.jpeg_restoration_sigma``).
+   A colour photo with compression noise is judged on its luminance (``safeguard.LUMA``: JPEG keeps colour
+   coarser, an error no kernel explains).
 2. Trusted pixels: clipped pixels (a channel ≥ ``saturation`` or ≤ 1 − it) and their direct neighbours
    leave the likelihood (``Blur(trusted=…)``): their value is not k ⊛ x. (Their blurred surroundings are
    measurements of a scene that may exceed 1 where it was clipped: they stay, the latent image is not bounded.)
