@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import subprocess
@@ -294,7 +293,7 @@ def candidates(args) -> int:
     from diffem.files import atomic_write
     from diffem.metrics.no_reference import gradient_sparsity
     from diffem.physics import Blur, delta_kernel
-    from diffem.realphoto.noise import estimate_sigma
+    from diffem.realphoto.noise import estimate_sigma, noise_levels
     from diffem.realphoto import read_photo
     from diffem.realphoto.pipeline import (JUDGE_SATURATION, SATURATION, SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size,
                                            _unclipped, kernel_candidates, roomy_size)
@@ -320,7 +319,7 @@ def candidates(args) -> int:
         # (a JPEG's compression noise included; then on the luminance) on the pixels within JUDGE_SATURATION
         sigma = float(estimate_sigma(y, method="pca"))
         compression = read_photo(str(data / p["blurry"])).compression_sigma
-        sigma_r, luma = max(math.hypot(sigma, compression), SIGMA_FLOOR), compression > 0
+        (sigma_r, _), luma = noise_levels(sigma, compression, SIGMA_FLOOR), compression > 0
         trusted = _unclipped(y, SATURATION)
         judged = _unclipped(y, JUDGE_SATURATION) & trusted
         ksize, auto = _kernel_size("auto", tuple(y.shape[-2:]))

@@ -128,5 +128,13 @@ def jpeg_restoration_sigma(compression_sigma: float) -> float:
     return JPEG_RESTORE_PER_ROOT_STEP * math.sqrt(step) / 255
 
 
+def noise_levels(sigma: float, compression_sigma: float, floor: float) -> tuple[float, float]:
+    """(the kernels' judge's σ, the restoration's σ): independent errors, so σ and the compression noise add in
+    quadrature — all of ``compression_sigma`` for the judge, ``jpeg_restoration_sigma``'s share for the restoration
+    — each at least ``floor``."""
+    return (max(math.hypot(float(sigma), compression_sigma), floor),
+            max(math.hypot(float(sigma), jpeg_restoration_sigma(compression_sigma)), floor))
+
+
 __all__ = ["JPEG_RESTORE_PER_ROOT_STEP", "JPEG_SIGMA_PER_STEP", "estimate_sigma", "jpeg_restoration_sigma",
-           "jpeg_sigma", "sigma_mad", "sigma_pca", "SIGMA_MIN", "SIGMA_MAX"]
+           "jpeg_sigma", "noise_levels", "sigma_mad", "sigma_pca", "SIGMA_MIN", "SIGMA_MAX"]

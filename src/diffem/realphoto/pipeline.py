@@ -40,7 +40,6 @@
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -60,7 +59,7 @@ from diffem.priors import load_prior
 from diffem.padding import pad_periodic
 from diffem.perf import bf16_conv_fast
 from diffem.realphoto.colour import linear_to_srgb, srgb_slope, srgb_to_linear
-from diffem.realphoto.noise import estimate_sigma, jpeg_restoration_sigma
+from diffem.realphoto.noise import estimate_sigma, noise_levels
 from diffem.realphoto.tiling import deconv_valid, informative_windows, map_tiles, saturated
 
 MULTIPLE = 16  # the UNets downsample 3-4 times
@@ -300,12 +299,11 @@ def deblur_photo(y, sigma="auto", prior="default", method: str = "multiscale-pnp
         t = time.perf_counter()
         sigma = estimate_sigma(y, method=noise_method)
         timings["sigma_s"] = time.perf_counter() - t
-    # independent errors: their variances add. Only in the kernels' judge (sigma_r) and the restoration (sigma_image,
-    # a smaller JPEG share): on 4 dev photos saved as JPEG quality 75, kernels estimated from y pre-denoised at 5/255
-    # did worse than from y at σ (session 28)
-    floor = parse_sigma(sigma_floor, "sigma_floor", allow_zero=True)
-    sigma_r = max(math.hypot(float(sigma), compression_sigma), floor)
-    sigma_image = max(math.hypot(float(sigma), jpeg_restoration_sigma(compression_sigma)), floor)
+    # the compression noise only in the kernels' judge (sigma_r) and the restoration (sigma_image, a smaller share):
+    # on 4 dev photos saved as JPEG quality 75, kernels estimated from y pre-denoised at 5/255 did worse than from
+    # y at σ (session 28)
+    sigma_r, sigma_image = noise_levels(sigma, compression_sigma,
+                                        parse_sigma(sigma_floor, "sigma_floor", allow_zero=True))
     info["compression_sigma"] = compression_sigma
 
     dev = resolve_device(device)
