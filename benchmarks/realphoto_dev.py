@@ -296,8 +296,7 @@ def candidates(args) -> int:
     from diffem.realphoto.noise import estimate_sigma, noise_levels
     from diffem.realphoto import read_photo
     from diffem.realphoto.pipeline import (JUDGE_SATURATION, SATURATION, SCORE_SIZE, SIGMA_FLOOR, _choose, _kernel_size,
-                                           _unclipped, kernel_candidates, roomy_size)
-    from diffem.realphoto.tiling import informative_windows
+                                           _unclipped, judge_crops, kernel_candidates, roomy_size)
 
     data, manifest = read_manifest(args.data)
     out = out_dir(args.out, "--out")
@@ -332,24 +331,28 @@ def candidates(args) -> int:
         if args.kernels_out:   # every kernel of this photo, for analyses that need no re-estimation
             atomic_write(Path(args.kernels_out) / f"{p['name']}.npz", lambda tmp: np.savez(
                 tmp, **{n: k.double().numpy() for n, k in kernels.items()}))
-        (t, l), = informative_windows(y, SCORE_SIZE, roomy, 1)
-        yc, tc, gtc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], judged[t:t + SCORE_SIZE, l:l + SCORE_SIZE], \
-            gt[t:t + SCORE_SIZE, l:l + SCORE_SIZE]
-        # the pipeline's _Scorer: the same crop and no-blur reference for every kernel
-        no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(roomy), sigma_r, "valid", trusted=tc), den,
-                                    luma=luma)
+        # the pipeline's _Scorer: the same crops (one, or two: judge_crops) and no-blur references for every kernel;
+        # ratio and sparsity averaged over them, as the pipeline does, and the PSNR too
+        crops = []
+        for t, l in judge_crops(y, roomy):
+            yc, tc = y[None, :, t:t + SCORE_SIZE, l:l + SCORE_SIZE], judged[t:t + SCORE_SIZE, l:l + SCORE_SIZE]
+            no_blur = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(roomy), sigma_r, "valid", trusted=tc),
+                                        den, luma=luma)
+            crops.append((yc, tc, gt[t:t + SCORE_SIZE, l:l + SCORE_SIZE], no_blur))
         row = dict(name=p["name"], kernel_size=p["kernel_size"], sigma_255=sigma * 255, sigma_judge_255=sigma_r * 255,
-                   psnr_in=shifted_psnr(to_hwc(yc), gtc, args.shift)[0], scores={})
+                   psnr_in=_mean([shifted_psnr(to_hwc(yc), gtc, args.shift)[0] for yc, _, gtc, _ in crops]),
+                   crops=len(crops), scores={})
         for label, k in kernels.items():
-            physics = Blur.for_measurement(yc, k, sigma_r, "valid", trusted=tc)
-            verdict = check_kernel(yc, None, physics, den, no_blur=no_blur, luma=luma)
+            verdicts = [(check_kernel(yc, None, Blur.for_measurement(yc, k, sigma_r, "valid", trusted=tc), den,
+                                      no_blur=no_blur, luma=luma), gtc) for yc, tc, gtc, no_blur in crops]
             row["scores"][label] = dict(
-                ratio=verdict["residual_ratio_relative"],
-                sparsity=float(gradient_sparsity(verdict["restored_image"])),
-                psnr=shifted_psnr(to_hwc(verdict["restored_image"]), gtc, args.shift)[0])
-        fallback = no_blur[0]   # 'no blur' (the safeguard's fallback: the photo denoised)
-        row["scores"]["none"] = dict(ratio=1.0, sparsity=float(gradient_sparsity(fallback)),
-                                     psnr=shifted_psnr(to_hwc(fallback), gtc, args.shift)[0])
+                ratio=_mean([v["residual_ratio_relative"] for v, _ in verdicts]),
+                sparsity=_mean([float(gradient_sparsity(v["restored_image"])) for v, _ in verdicts]),
+                psnr=_mean([shifted_psnr(to_hwc(v["restored_image"]), gtc, args.shift)[0] for v, gtc in verdicts]))
+        # 'no blur' (the safeguard's fallback: the photo denoised)
+        row["scores"]["none"] = dict(ratio=1.0, sparsity=_mean([float(gradient_sparsity(nb[0])) for *_, nb in crops]),
+                                     psnr=_mean([shifted_psnr(to_hwc(nb[0]), gtc, args.shift)[0]
+                                                 for _, _, gtc, nb in crops]))
         pick = lambda names: names[_choose([(row["scores"][n]["ratio"], row["scores"][n]["sparsity"]) for n in names],  # noqa: E731
                                            rough=tuple(i for i, n in enumerate(names) if n.startswith("spectral")))]
         row["choice"] = pick(pipeline)

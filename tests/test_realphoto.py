@@ -247,6 +247,61 @@ def test_informative_window_prefers_texture_and_avoids_saturation():
     assert 0 <= top <= 20 and 0 <= left <= 20 and top + 64 >= 70 and left + 64 >= 70
 
 
+def test_judge_crops_add_the_lit_scene_of_a_night_photo():
+    """Kernels are judged on the most informative crop with few pixels near a clipped value, within the largest
+    support; where that leaves only flat ground (a few lamps spread over the scene), also on the most informative
+    crop with few clipped pixels themselves. Without clipped pixels both rules agree: one crop."""
+    from diffem.realphoto.pipeline import INFORMATIVE_SHARE, judge_crops
+    from diffem.realphoto.tiling import informative_windows, window_structure
+
+    g = torch.Generator().manual_seed(0)
+    y = 0.2 + 0.01 * torch.rand(3, 240, 240, generator=g)                  # dark, nearly flat ground
+    y[:, :100, :100] = torch.rand(3, 100, 100, generator=g) * 0.5 + 0.2     # the lit scene, textured …
+    y[:, 10:100:30, 10:100:30] = 1.0                                        # … with a few lamps (0.2 % clipped)
+    assert window_structure(y, 0, 0, 96) > 100 * window_structure(y, 140, 140, 96) > 0
+    far, = informative_windows(y, 96, 41, 1)   # dilated by 20 px, the lamps spoil the lit scene: the ground
+    assert far[0] + far[1] > 100
+    first, (top, left) = judge_crops(y, 41, 96)
+    assert first == far and top < 20 and left < 20
+    assert window_structure(y, top, left, 96) > window_structure(y, *far, 96) / INFORMATIVE_SHARE
+    y[:, 10:100:30, 10:100:30] = 0.5                                        # no lamps: the rule is the old one
+    assert judge_crops(y, 41, 96) == informative_windows(y, 96, 41, 1)
+    assert judge_crops(y[:, :90, :90], 41, 96) == [(0, 0)]                  # a photo smaller than the crop
+
+
+def test_scorer_averages_the_judge_crops_and_keeps_the_first_for_the_safeguard():
+    """Where a region has two judge crops, the choice's r/r₀ and sparsity are their means and the safeguard's r/r₀
+    is the first crop's, each as the safeguard's check computes it on that crop alone."""
+    from diffem.blind.safeguard import check_kernel, no_blur_reference
+    from diffem.denoisers import load_denoiser
+    from diffem.metrics.no_reference import gradient_sparsity
+    from diffem.physics import Blur, blur_valid, delta_kernel
+    from diffem.realphoto.pipeline import _Scorer, judge_crops
+
+    g = torch.Generator().manual_seed(1)
+    x = 0.2 + 0.01 * torch.rand(3, 260, 260, generator=g)
+    x[:, :110, :110] = torch.rand(3, 110, 110, generator=g) * 0.5 + 0.2
+    x[:, 15:110:30, 15:110:30] = 1.0
+    k = _kernel().float()[:9, :9]
+    k = k / k.sum()
+    y = (blur_valid(x[None], k)[0] + 2 / 255 * torch.randn(3, 252, 252, generator=g)).clamp(0, 1)
+    y[:, 10:100:30, 10:100:30] = 1.0   # lamps, clipped
+    crops = judge_crops(y, 41, 96)
+    assert len(crops) == 2
+    den, sigma, trusted = load_denoiser("ffdnet"), 3 / 255, torch.ones(252, 252, dtype=torch.bool)
+    ratio, sparsity, first = _Scorer([(y[None], trusted)], sigma, den, 41, size=96)(k, [0])
+    direct = []
+    for t, l in crops:
+        yc = y[None, :, t:t + 96, l:l + 96]
+        nb = no_blur_reference(yc, Blur.for_measurement(yc, delta_kernel(41), sigma, "valid"), den)
+        v = check_kernel(yc, None, Blur.for_measurement(yc, k, sigma, "valid"), den, no_blur=nb)
+        direct.append((v["residual_ratio_relative"], float(gradient_sparsity(v["restored_image"]))))
+    assert direct[0][0] != pytest.approx(direct[1][0], rel=1e-3)   # the crops disagree, so the test can tell
+    assert first == pytest.approx(direct[0][0], rel=1e-5)
+    assert ratio == pytest.approx((direct[0][0] + direct[1][0]) / 2, rel=1e-5)
+    assert sparsity == pytest.approx((direct[0][1] + direct[1][1]) / 2, rel=1e-5)
+
+
 # -------------------------------------------------------------------------------- pipeline
 
 def test_deblur_photo_default_method_whole_photo():

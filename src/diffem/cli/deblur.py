@@ -126,7 +126,7 @@ def _process_one(path: str, args, prior, sigma, protected: set, version: str) ->
             "kernel_trusted": res.info.get("kernel_trusted"),
             "safeguard": {k: res.info[k] for k in ("residual_ratio_relative", "residual_ratio_held_out", "residual_limit",
                                                    "window_scores", "candidates", "no_blur_gradient_sparsity", "estimator",
-                                                   "judged_on")
+                                                   "judged_on", "judge_crops")
                           if k in res.info},
             "output": res.restore, "kernel_size": int(kernel.shape[-1]),
             "kernel_support": res.info.get("kernel_support"), "pnp_bf16_from": res.info.get("pnp_bf16_from"),

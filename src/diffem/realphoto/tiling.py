@@ -89,6 +89,16 @@ def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int =
     return chosen
 
 
+def window_structure(y: torch.Tensor, top: int, left: int, size: int, saturation: float = 0.98) -> float:
+    """The smaller eigenvalue of the gradient structure tensor of (C,H,W) ``y``'s size×size window at (top, left)
+    (``informative_windows``' measure), over the pixels not within a pixel of a clipped value."""
+    g = _gray(y).double()[top:top + size, left:left + size]
+    keep = (~saturated(y[..., top:top + size, left:left + size], 3, saturation)).double()
+    gx, gy = (g[:, 1:] - g[:, :-1]) * keep[:, :-1], (g[1:] - g[:-1]) * keep[:-1]
+    jxx, jyy, jxy = float((gx ** 2).sum()), float((gy ** 2).sum()), float((gx[:-1] * gy[:, :-1]).sum())
+    return (jxx + jyy) / 2 - (((jxx - jyy) / 2) ** 2 + jxy ** 2) ** 0.5
+
+
 def informative_window(y: torch.Tensor, size: int, ksize: int = 0, **kwargs) -> tuple[int, int]:
     """(top, left) of the most informative size×size window (``informative_windows``' first)."""
     return informative_windows(y, size, ksize, 1, **kwargs)[0]
