@@ -105,6 +105,7 @@ def test_a_jpeg_adds_its_compression_noise_to_the_estimated_sigma(tmp_path, caps
     # a colour JPEG's kernels are judged on its luminance (its colour is coarser than any kernel explains)
     assert auto["safeguard"]["judged_on"] == "luminance" == given["safeguard"]["judged_on"]
     assert off["safeguard"]["judged_on"] == "all channels" == png["safeguard"]["judged_on"]
+    assert all(r["safeguard"]["judge_crops"] == 1 for r in reports.values())   # small photos: one crop
 
 
 def test_an_untrusted_kernel_gives_a_denoised_photo_and_a_warning(tmp_path, capsys, monkeypatch):
