@@ -41,6 +41,11 @@ def saturated(y: torch.Tensor, ksize: int = 0, level: float = 0.98) -> torch.Ten
     return F.max_pool2d(sat, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0] > 0
 
 
+def _smaller_eigenvalue(jxx, jyy, jxy):
+    """The smaller eigenvalue of the symmetric 2×2 matrices [[jxx, jxy], [jxy, jyy]] (tensors, element-wise)."""
+    return (jxx + jyy) / 2 - (((jxx - jyy) / 2) ** 2 + jxy ** 2).sqrt()
+
+
 def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int = 1, stride: int = 8,
                         saturation: float = 0.98, max_saturated: float = 0.02) -> list[tuple[int, int]]:
     """(top, left) of up to ``count`` non-overlapping size×size windows of (C,H,W) image ``y`` whose
@@ -73,7 +78,7 @@ def informative_windows(y: torch.Tensor, size: int, ksize: int = 0, count: int =
         return ii[T + sh, L + sw] - ii[T, L + sw] - ii[T + sh, L] + ii[T, L], tops, lefts
     jxx, tops, lefts = window_sums(gx * gx * keep)
     jyy, jxy = window_sums(gy * gy * keep)[0], window_sums(gx * gy * keep)[0]
-    e = (jxx + jyy) / 2 - (((jxx - jyy) / 2) ** 2 + jxy ** 2).sqrt()        # the smaller eigenvalue
+    e = _smaller_eigenvalue(jxx, jyy, jxy)
     frac = window_sums(sat)[0] / (sh * sw)
     ok = frac <= max_saturated
     score = torch.where(ok, e, -frac) if ok.any() else -frac
@@ -95,8 +100,7 @@ def window_structure(y: torch.Tensor, top: int, left: int, size: int, saturation
     g = _gray(y).double()[top:top + size, left:left + size]
     keep = (~saturated(y[..., top:top + size, left:left + size], 3, saturation)).double()
     gx, gy = (g[:, 1:] - g[:, :-1]) * keep[:, :-1], (g[1:] - g[:-1]) * keep[:-1]
-    jxx, jyy, jxy = float((gx ** 2).sum()), float((gy ** 2).sum()), float((gx[:-1] * gy[:, :-1]).sum())
-    return (jxx + jyy) / 2 - (((jxx - jyy) / 2) ** 2 + jxy ** 2) ** 0.5
+    return float(_smaller_eigenvalue((gx ** 2).sum(), (gy ** 2).sum(), (gx[:-1] * gy[:, :-1]).sum()))
 
 
 def informative_window(y: torch.Tensor, size: int, ksize: int = 0, **kwargs) -> tuple[int, int]:
